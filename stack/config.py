@@ -1,0 +1,60 @@
+"""Settings of the native stack runner (environment variables prefixed IOT_)."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gateway import endpoints
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class StackSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="IOT_", extra="ignore")
+
+    stack_dir: Path = REPO_ROOT / ".stack"
+    # Downloaded artifacts are shared by every clone on the machine and survive `down --purge`.
+    cache_dir: Path = Path.home() / ".cache" / "iot-pipeline"
+    java17_home: Path = Path("/usr/lib/jvm/java-17-openjdk-amd64")
+    java21_home: Path = Path("/usr/lib/jvm/temurin-25-jdk-amd64")
+
+    mqtt_port: int = endpoints.MQTT_TLS_PORT
+    kafka_port: int = endpoints.KAFKA_PORT
+    kafka_controller_port: int = endpoints.KAFKA_CONTROLLER_PORT
+    cassandra_port: int = endpoints.CASSANDRA_PORT
+    cassandra_storage_port: int = endpoints.CASSANDRA_STORAGE_PORT
+    keycloak_port: int = endpoints.KEYCLOAK_PORT
+    flink_rest_port: int = endpoints.FLINK_REST_PORT
+    query_api_port: int = endpoints.QUERY_API_PORT
+
+    # Small explicit heaps: the whole idle stack must fit in 4 GiB on a 2-core machine.
+    kafka_heap: str = "384m"
+    cassandra_heap: str = "768m"
+    keycloak_heap: str = "384m"
+    flink_jobmanager_memory: str = "768m"
+    flink_taskmanager_memory: str = "1280m"
+    flink_task_slots: int = 2
+
+    ready_timeout_s: float = 180.0
+    # `make up` also starts the default emulator (CONTRACT.md: 50 devices, 1 reading/s each).
+    emulator_devices: int = 50
+    emulator_rate: float = 1.0
+    emulator_tenant: str = "tenant-a"
+
+    @cached_property
+    def run_dir(self) -> Path:
+        return self.stack_dir / "run"
+
+    @cached_property
+    def log_dir(self) -> Path:
+        return self.stack_dir / "logs"
+
+    @cached_property
+    def pki_dir(self) -> Path:
+        return self.stack_dir / "pki"
+
+    def service_dir(self, name: str) -> Path:
+        return self.stack_dir / name

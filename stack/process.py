@@ -1,0 +1,191 @@
+"""Background processes owned by the runner: start detached, record the pid, stop by pid.
+
+Only processes whose pid file we wrote are ever signalled, and only while the pid still runs the
+command we started (pids are reused), so `iot down` never touches anything it did not start.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stack.errors import StackError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """How to run one background process."""
+
+    name: str
+    argv: Sequence[str]
+    run_dir: Path
+    log_file: Path
+    cwd: Path | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    stop_timeout_s: float = 30.0
+
+    @property
+    def pid_file(self) -> Path:
+        return self.run_dir / f"{self.name}.pid"
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        # A zombie has exited; only its parent's wait() is missing.
+        return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def read_pid(spec: ProcessSpec) -> int | None:
+    """The pid of our running process, or None (a stale pid file is removed)."""
+    try:
+        pid, marker = spec.pid_file.read_text().split("\n", 1)
+        pid_num = int(pid)
+    except (OSError, ValueError):
+        return None
+    if _alive(pid_num) and marker.strip() and marker.strip() in _cmdline(pid_num):
+        return pid_num
+    spec.pid_file.unlink(missing_ok=True)
+    return None
+
+
+def is_running(spec: ProcessSpec) -> bool:
+    return read_pid(spec) is not None
+
+
+def start(spec: ProcessSpec) -> int:
+    """Start the process detached (own session, output to its log); no-op if already running."""
+    existing = read_pid(spec)
+    if existing is not None:
+        log.info("%s already running (pid %d)", spec.name, existing)
+        return existing
+    spec.run_dir.mkdir(parents=True, exist_ok=True)
+    spec.log_file.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **spec.env}
+    with open(spec.log_file, "ab") as out:
+        out.write(f"\n--- {time.strftime('%Y-%m-%dT%H:%M:%S')} starting {spec.name}\n".encode())
+        out.flush()
+        proc = subprocess.Popen(
+            list(spec.argv),
+            cwd=spec.cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    # The marker is a distinctive piece of the command line, to recognise our pid later.
+    marker = max(spec.argv, key=len)[:200]
+    spec.pid_file.write_text(f"{proc.pid}\n{marker}\n")
+    log.info("started %s (pid %d), log %s", spec.name, proc.pid, spec.log_file)
+    return proc.pid
+
+
+def stop(spec: ProcessSpec) -> bool:
+    """SIGTERM the process group, wait, then SIGKILL. True if something was stopped."""
+    pid = read_pid(spec)
+    if pid is None:
+        spec.pid_file.unlink(missing_ok=True)
+        return False
+    log.info("stopping %s (pid %d)", spec.name, pid)
+    _signal_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + spec.stop_timeout_s
+    while time.monotonic() < deadline and _alive(pid):
+        _reap(pid)
+        time.sleep(0.2)
+    if _alive(pid):
+        log.warning("%s did not stop within %.0fs, killing", spec.name, spec.stop_timeout_s)
+        _signal_group(pid, signal.SIGKILL)
+        time.sleep(0.5)
+        _reap(pid)
+    spec.pid_file.unlink(missing_ok=True)
+    return True
+
+
+def kill(spec: ProcessSpec) -> bool:
+    """SIGKILL at once (failure tests). True if something was killed."""
+    pid = read_pid(spec)
+    if pid is None:
+        return False
+    _signal_group(pid, signal.SIGKILL)
+    for _ in range(50):
+        _reap(pid)
+        if not _alive(pid):
+            break
+        time.sleep(0.1)
+    spec.pid_file.unlink(missing_ok=True)
+    return True
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def log_tail(path: Path, lines: int = 30) -> str:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - 64 * 1024))
+            text = handle.read().decode(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def resident_memory_bytes(pid: int) -> int:
+    """RSS of a process and all its descendants."""
+    total = 0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            for line in Path(f"/proc/{current}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except OSError:
+            continue
+        pending.extend(int(child) for child in children)
+    return total
+
+
+def require(condition: bool, message: str) -> None:
+    if not condition:
+        raise StackError(message)

@@ -1,0 +1,102 @@
+"""What the runner knows about each service: how to install, start, check and initialise it."""
+
+from __future__ import annotations
+
+import logging
+import time
+from abc import ABC, abstractmethod
+
+from stack import process
+from stack.config import StackSettings
+from stack.errors import StackError
+from stack.process import ProcessSpec
+
+log = logging.getLogger(__name__)
+
+
+class NotReady(Exception):
+    """A readiness check did not get its answer yet; the message names the check."""
+
+
+class Service(ABC):
+    """One component of the stack. Subclasses stay small: config rendering, argv, one real check."""
+
+    name: str
+    # Services started in the same stage start together and are waited for together.
+    stage: int = 0
+
+    def __init__(self, settings: StackSettings) -> None:
+        self.settings = settings
+
+    @property
+    def home(self):  # type: ignore[no-untyped-def]
+        return self.settings.service_dir(self.name)
+
+    def install(self) -> None:
+        """Fetch binaries and render configuration; idempotent, may be slow the first time."""
+
+    @abstractmethod
+    def processes(self) -> list[ProcessSpec]:
+        """The background processes of this service."""
+
+    @abstractmethod
+    def check_ready(self) -> None:
+        """One real answer from the service (never a sleep); raise NotReady otherwise."""
+
+    def initialise(self) -> None:
+        """After readiness: create topics, keyspaces, realms... Idempotent."""
+
+    def describe(self) -> str:
+        """One line for `iot status` beyond running/stopped."""
+        return ""
+
+    def spec(self, name: str, argv: list[str], **kwargs: object) -> ProcessSpec:
+        return ProcessSpec(
+            name=name,
+            argv=argv,
+            run_dir=self.settings.run_dir,
+            log_file=self.settings.log_dir / f"{name}.log",
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+    def start(self) -> None:
+        for spec in self.processes():
+            process.start(spec)
+
+    def stop(self) -> bool:
+        stopped = False
+        for spec in reversed(self.processes()):
+            stopped |= process.stop(spec)
+        return stopped
+
+    def running(self) -> bool:
+        return all(process.is_running(spec) for spec in self.processes())
+
+    def wait_ready(self, timeout_s: float) -> float:
+        """Poll check_ready until it passes; fail fast with the log tail if a process died."""
+        started = time.monotonic()
+        deadline = started + timeout_s
+        last = "no check ran"
+        while True:
+            try:
+                self.check_ready()
+                elapsed = time.monotonic() - started
+                log.info("%s ready in %.1fs", self.name, elapsed)
+                return elapsed
+            except NotReady as exc:
+                last = str(exc)
+            for spec in self.processes():
+                if not process.is_running(spec):
+                    raise StackError(
+                        f"{self.name}: process {spec.name} exited while waiting for readiness "
+                        f"({last}); last lines of {spec.log_file}:\n{process.log_tail(spec.log_file)}"
+                    )
+            if time.monotonic() > deadline:
+                tails = "\n".join(
+                    f"--- {spec.log_file}\n{process.log_tail(spec.log_file)}"
+                    for spec in self.processes()
+                )
+                raise StackError(
+                    f"{self.name} not ready after {timeout_s:.0f}s; failed check: {last}\n{tails}"
+                )
+            time.sleep(0.5)

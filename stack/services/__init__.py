@@ -1,0 +1,38 @@
+"""The stack's services in start order. Each module holds one Service subclass."""
+
+from __future__ import annotations
+
+import importlib
+
+from stack.config import StackSettings
+from stack.service import Service
+
+# (module, class). Stage 0: infrastructure, started together; stage 1: our own programs.
+_REGISTRY: list[tuple[str, str]] = [
+    ("stack.services.mosquitto", "MosquittoService"),
+    ("stack.services.kafka", "KafkaService"),
+    ("stack.services.cassandra", "CassandraService"),
+    ("stack.services.keycloak", "KeycloakService"),
+    ("stack.services.flink", "FlinkService"),
+    ("stack.services.apps", "FlinkJobService"),
+    ("stack.services.apps", "WriterService"),
+    ("stack.services.apps", "BridgeService"),
+    ("stack.services.apps", "QueryApiService"),
+    ("stack.services.apps", "EmulatorService"),
+]
+
+
+def all_services(settings: StackSettings) -> list[Service]:
+    services: list[Service] = []
+    for module_name, class_name in _REGISTRY:
+        cls = getattr(importlib.import_module(module_name), class_name)
+        services.append(cls(settings))
+    return services
+
+
+def by_name(settings: StackSettings, name: str) -> Service:
+    for service in all_services(settings):
+        if service.name == name:
+            return service
+    names = ", ".join(s.name for s in all_services(settings))
+    raise KeyError(f"unknown service {name!r}; one of: {names}")
