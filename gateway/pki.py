@@ -1,5 +1,5 @@
-"""The project's PKI: a CA, the broker's server certificate, service, operator and device certificates,
-and a CRL that Mosquitto enforces.
+"""The project's PKI: a CA, the broker's server certificate, service, operator and device
+certificates, and a CRL that Mosquitto enforces.
 
 Layout under `pki_dir` (created on first use):
 
@@ -112,7 +112,7 @@ def load_cert(path: Path) -> x509.Certificate:
 
 
 def fingerprint(cert_path: Path) -> str:
-    """SHA-256 of the DER certificate, lower-case hex (as `openssl x509 -fingerprint` without colons)."""
+    """SHA-256 of the DER certificate, lower-case hex (`openssl x509 -fingerprint`, no colons)."""
     return load_cert(cert_path).fingerprint(hashes.SHA256()).hex()
 
 
@@ -121,7 +121,7 @@ def common_name(cert_path: Path) -> str:
     return str(attrs[0].value) if attrs else ""
 
 
-# --- the CA ----------------------------------------------------------------------------------------
+# --- the CA ------------------------------------------------------------------------------------
 
 
 def ca_paths(pki_dir: Path) -> tuple[Path, Path, Path]:
@@ -167,7 +167,7 @@ def _load_ca(pki_dir: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKe
 
 
 def ensure_ca(pki_dir: Path) -> Path:
-    """Create the CA and an empty CRL if missing, renew a CRL near its nextUpdate; the CA cert path."""
+    """Create the CA and an empty CRL if missing, renew the CRL near nextUpdate; the CA path."""
     crt, key_path, crl = ca_paths(pki_dir)
     with _locked(pki_dir):
         if not crt.exists() or not key_path.exists():
@@ -177,7 +177,7 @@ def ensure_ca(pki_dir: Path) -> Path:
     return crt
 
 
-# --- leaf certificates -----------------------------------------------------------------------------
+# --- leaf certificates ---------------------------------------------------------------------------
 
 
 def _issue(pki_dir: Path, cn: str, cert_path: Path, key_path: Path, server: bool = False) -> None:
@@ -235,7 +235,7 @@ def operator_identity(pki_dir: Path) -> Identity:
 
 
 def service_identity(pki_dir: Path, name: str = BRIDGE_CN) -> Identity:
-    """A backend service's client certificate, e.g. the bridge's `svc-bridge` (created if missing)."""
+    """A backend service's client certificate, e.g. the bridge's `svc-bridge` (made if missing)."""
     if not name.startswith(SERVICE_PREFIX) or not is_valid_device_id(name):
         raise PkiError(f"service name {name!r} must start with {SERVICE_PREFIX!r}")
     return _ensure_leaf(pki_dir, name, pki_dir / "services" / name)
@@ -266,7 +266,7 @@ def issue_device(pki_dir: Path, device_id: str, overwrite: bool = False) -> Iden
     return identity
 
 
-# --- revocation ------------------------------------------------------------------------------------
+# --- revocation ----------------------------------------------------------------------------------
 
 
 def _revoked_file(pki_dir: Path) -> Path:

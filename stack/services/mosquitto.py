@@ -63,7 +63,8 @@ class MosquittoService(Service):
             "telemetry_filter": topics.MQTT_TELEMETRY_FILTER,
             "operator_filter": topics.MQTT_OPERATOR_FILTER,
         }
-        for template, target in (("mosquitto.conf.tmpl", self.conf_file), ("acl.tmpl", self.home / "acl")):
+        rendered = (("mosquitto.conf.tmpl", self.conf_file), ("acl.tmpl", self.home / "acl"))
+        for template, target in rendered:
             text = Template((TEMPLATES / template).read_text()).substitute(values)
             target.write_text(text)
 
@@ -97,8 +98,9 @@ def _nofile_limit() -> int:
 def probe_connect(
     settings: StackSettings, identity: pki.Identity, timeout_s: float = 5.0
 ) -> str | None:
-    """None when the broker accepts a TLS MQTT connection with this identity, else what went wrong."""
+    """None if the broker accepts a TLS MQTT connection with this identity, else the problem."""
     import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
 
     done = threading.Event()
     outcome: list[str | None] = []
@@ -108,7 +110,7 @@ def probe_connect(
         outcome.append(None if not getattr(reason, "is_failure", False) else str(reason))
         done.set()
 
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"probe-{os.getpid()}")
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"probe-{os.getpid()}")
     client.tls_set(
         ca_certs=str(identity.ca), certfile=str(identity.cert), keyfile=str(identity.key),
         tls_version=ssl.PROTOCOL_TLS_CLIENT,
