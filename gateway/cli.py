@@ -1,0 +1,159 @@
+"""`iot certs ...` and `iot devices ...`: provisioning devices (certificate + registry entry)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from gateway import endpoints, pki
+from gateway.contract import TENANT_PATTERN, is_valid_tenant
+from gateway.registry import DeviceRegistry, RegistryError, connect
+from stack.config import StackSettings
+
+log = logging.getLogger("iot.certs")
+
+
+class CertsSettings(StackSettings):
+    """The stack's paths and ports (IOT_ prefix) plus where the registry lives."""
+
+    cassandra_hosts: str = endpoints.CASSANDRA_HOSTS
+    cassandra_keyspace: str = endpoints.CASSANDRA_KEYSPACE
+
+
+class CliError(Exception):
+    """A user-facing failure: the message is printed, the exit code is 1."""
+
+
+def open_registry(settings: CertsSettings) -> DeviceRegistry:
+    session = connect(settings.cassandra_hosts.split(","), settings.cassandra_port)
+    return DeviceRegistry(session, settings.cassandra_keyspace)
+
+
+def provision(
+    settings: CertsSettings, registry: DeviceRegistry, device_id: str, tenant: str
+) -> pki.Identity:
+    """Issue a device certificate and record the device; nothing is left behind on failure."""
+    pki.check_device_id(device_id)
+    if not is_valid_tenant(tenant):
+        raise CliError(f"invalid tenant {tenant!r}: must match {TENANT_PATTERN}")
+    existing = registry.get(device_id)
+    if existing is not None:
+        state = " (revoked)" if existing.revoked_at else ""
+        raise CliError(
+            f"device {device_id!r} is already registered to tenant {existing.tenant!r}{state}"
+        )
+    identity = pki.issue_device(settings.pki_dir, device_id)
+    try:
+        registry.register(device_id, tenant, pki.fingerprint(identity.cert))
+    except BaseException:
+        identity.cert.unlink(missing_ok=True)
+        identity.key.unlink(missing_ok=True)
+        raise
+    return identity
+
+
+def _issue(args: argparse.Namespace, settings: CertsSettings) -> int:
+    pki.check_device_id(args.device_id)
+    if not is_valid_tenant(args.tenant):
+        raise CliError(f"invalid tenant {args.tenant!r}: must match {TENANT_PATTERN}")
+    registry = open_registry(settings)
+    identity = provision(settings, registry, args.device_id, args.tenant)
+    sys.stdout.write(
+        f"issued {args.device_id} (tenant {args.tenant})\n"
+        f"  certificate {identity.cert}\n  key         {identity.key}\n"
+        f"  ca          {identity.ca}\n"
+    )
+    return 0
+
+
+def _revoke(args: argparse.Namespace, settings: CertsSettings) -> int:
+    from stack.services.mosquitto import reload
+
+    pki.check_device_id(args.device_id)
+    identity = pki.device_paths(settings.pki_dir, args.device_id)
+    if not identity.cert.exists():
+        raise CliError(f"device {args.device_id!r} has no certificate at {identity.cert}")
+    # The CRL first: it is what keeps the device out, even if the registry is down.
+    serial = pki.revoke_certificate(settings.pki_dir, identity.cert)
+    reloaded = reload(settings)
+    open_registry(settings).revoke(args.device_id)
+    sys.stdout.write(
+        f"revoked {args.device_id} (serial {serial}); "
+        + ("mosquitto reloaded the CRL\n" if reloaded else "mosquitto is not running\n")
+    )
+    return 0
+
+
+def _operator(args: argparse.Namespace, settings: CertsSettings) -> int:
+    identity = pki.operator_identity(settings.pki_dir)
+    sys.stdout.write(
+        f"mosquitto_sub -h localhost -p {settings.mqtt_port} --cafile {identity.ca} "
+        f"--cert {identity.cert} --key {identity.key} -t 'devices/#' -v\n"
+    )
+    return 0
+
+
+def _list(args: argparse.Namespace, settings: CertsSettings) -> int:
+    if args.tenant is not None and not is_valid_tenant(args.tenant):
+        raise CliError(f"invalid tenant {args.tenant!r}: must match {TENANT_PATTERN}")
+    devices = open_registry(settings).list(args.tenant)
+    if args.json:
+        rows = [
+            {
+                "deviceId": d.device_id, "tenant": d.tenant, "fingerprint": d.cert_fingerprint,
+                "createdAt": d.created_at.isoformat(),
+                "revokedAt": d.revoked_at.isoformat() if d.revoked_at else None,
+            }
+            for d in devices
+        ]
+        sys.stdout.write(json.dumps(rows, indent=1) + "\n")
+        return 0
+    for d in devices:
+        revoked = f"  revoked {d.revoked_at:%Y-%m-%dT%H:%M:%SZ}" if d.revoked_at else ""
+        sys.stdout.write(
+            f"{d.device_id}\t{d.tenant}\t{d.created_at:%Y-%m-%dT%H:%M:%SZ}\t"
+            f"{d.cert_fingerprint[:16]}{revoked}\n"
+        )
+    return 0
+
+
+def _run(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
+    args = parser.parse_args(list(argv))
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # The driver logs a traceback per failed connection attempt; our error says it in one line.
+    logging.getLogger("cassandra").setLevel(logging.CRITICAL)
+    try:
+        result: int = args.func(args, CertsSettings())
+        return result
+    except (CliError, pki.PkiError, RegistryError) as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 1
+
+
+def certs_main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="iot certs", description="device certificates")
+    sub = parser.add_subparsers(dest="action", required=True)
+    issue = sub.add_parser("issue", help="issue a device certificate and register the device")
+    issue.add_argument("device_id")
+    issue.add_argument("--tenant", required=True)
+    issue.set_defaults(func=_issue)
+    revoke = sub.add_parser("revoke", help="revoke a device certificate (CRL) and reload mosquitto")
+    revoke.add_argument("device_id")
+    revoke.set_defaults(func=_revoke)
+    sub.add_parser(
+        "operator", help="create the operator certificate if missing; print a mosquitto_sub command"
+    ).set_defaults(func=_operator)
+    return _run(parser, argv)
+
+
+def devices_main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="iot devices", description="provisioned devices")
+    sub = parser.add_subparsers(dest="action", required=True)
+    listing = sub.add_parser("list", help="devices, optionally of one tenant")
+    listing.add_argument("--tenant")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=_list)
+    return _run(parser, argv)

@@ -1,0 +1,212 @@
+"""The device -> tenant registry: a Cassandra table, written when a device is provisioned.
+
+The table is created here idempotently until it moves into the versioned schema. Callers hand in a
+connected `Session` (see `connect`); errors of the driver become `RegistryError`s.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gateway import endpoints
+
+log = logging.getLogger(__name__)
+
+TABLE = "devices"
+
+SCHEMA = [
+    # Single-node default; a real cluster creates the keyspace itself with its own replication.
+    "CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = "
+    "{{'class': 'SimpleStrategy', 'replication_factor': 1}}",
+    "CREATE TABLE IF NOT EXISTS {ks}.devices ("
+    " device_id text PRIMARY KEY,"
+    " tenant text,"
+    " cert_fingerprint text,"
+    " created_at timestamp,"
+    " revoked_at timestamp)",
+    # Listing by tenant is an operator command over a small table; an index is enough.
+    "CREATE INDEX IF NOT EXISTS devices_by_tenant ON {ks}.devices (tenant)",
+]
+
+
+class RegistryError(RuntimeError):
+    """The root error of the registry."""
+
+
+class RegistryUnavailable(RegistryError):
+    """Cassandra did not answer."""
+
+
+class DuplicateDevice(RegistryError):
+    """The device id is registered already."""
+
+
+class UnknownDevice(RegistryError):
+    """No such device in the registry."""
+
+
+@dataclass(frozen=True)
+class Device:
+    device_id: str
+    tenant: str
+    cert_fingerprint: str
+    created_at: dt.datetime
+    revoked_at: dt.datetime | None = None
+
+
+def connect(
+    hosts: Sequence[str] = (endpoints.CASSANDRA_HOSTS,),
+    port: int = endpoints.CASSANDRA_PORT,
+    timeout_s: float = 10.0,
+) -> Any:
+    """A driver Session; RegistryUnavailable with the address when Cassandra is not up."""
+    from cassandra.cluster import Cluster
+    from cassandra.policies import RoundRobinPolicy
+
+    cluster = Cluster(
+        list(hosts), port=port, connect_timeout=timeout_s, protocol_version=5,
+        load_balancing_policy=RoundRobinPolicy(),
+    )
+    try:
+        return cluster.connect()
+    except Exception as exc:
+        cluster.shutdown()
+        raise RegistryUnavailable(
+            f"Cassandra at {','.join(hosts)}:{port} is not reachable ({exc.__class__.__name__}: "
+            f"{exc}); start it with `iot up --only cassandra`"
+        ) from exc
+
+
+def _row_to_device(row: Any) -> Device:
+    def utc(value: dt.datetime | None) -> dt.datetime | None:
+        return value.replace(tzinfo=dt.UTC) if value is not None else None
+
+    created = utc(row.created_at)
+    return Device(
+        device_id=row.device_id,
+        tenant=row.tenant,
+        cert_fingerprint=row.cert_fingerprint or "",
+        created_at=created if created is not None else dt.datetime.fromtimestamp(0, dt.UTC),
+        revoked_at=utc(row.revoked_at),
+    )
+
+
+class DeviceRegistry:
+    """register / get / get_tenant / list / revoke over `keyspace.devices`."""
+
+    def __init__(self, session: Any, keyspace: str = endpoints.CASSANDRA_KEYSPACE) -> None:
+        self._session = session
+        self._ks = keyspace
+        self._call(self.ensure_schema)
+        ks = keyspace
+        self._insert = self._call(
+            session.prepare,
+            f"INSERT INTO {ks}.devices (device_id, tenant, cert_fingerprint, created_at) "
+            "VALUES (?, ?, ?, ?) IF NOT EXISTS",
+        )
+        select = f"SELECT * FROM {ks}.devices WHERE"
+        self._select = self._call(session.prepare, f"{select} device_id = ?")
+        self._by_tenant = self._call(session.prepare, f"{select} tenant = ?")
+        self._revoke = self._call(
+            session.prepare,
+            f"UPDATE {ks}.devices SET revoked_at = ? WHERE device_id = ? IF EXISTS",
+        )
+
+    def ensure_schema(self) -> None:
+        for statement in SCHEMA:
+            self._session.execute(statement.format(ks=self._ks), timeout=60)
+
+    def _call(self, func: Callable[..., Any], *args: Any) -> Any:
+        """Driver errors become RegistryErrors naming the table."""
+        try:
+            return func(*args)
+        except RegistryError:
+            raise
+        except Exception as exc:
+            raise RegistryUnavailable(
+                f"Cassandra {self._ks}.{TABLE}: {exc.__class__.__name__}: {exc}"
+            ) from exc
+
+    def register(self, device_id: str, tenant: str, cert_fingerprint: str) -> Device:
+        """Record a new device; DuplicateDevice if the id is taken (a lightweight transaction)."""
+        now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+        result = self._call(
+            self._session.execute, self._insert, (device_id, tenant, cert_fingerprint, now)
+        )
+        row = result.one()
+        if not row.applied:
+            raise DuplicateDevice(
+                f"device {device_id!r} is already registered (tenant {row.tenant!r})"
+            )
+        return Device(device_id, tenant, cert_fingerprint, now)
+
+    def get(self, device_id: str) -> Device | None:
+        row = self._call(self._session.execute, self._select, (device_id,)).one()
+        return _row_to_device(row) if row is not None else None
+
+    def get_tenant(self, device_id: str) -> str | None:
+        device = self.get(device_id)
+        return device.tenant if device is not None else None
+
+    def list(self, tenant: str | None = None) -> list[Device]:
+        if tenant is None:
+            rows = self._call(self._session.execute, f"SELECT * FROM {self._ks}.devices")
+        else:
+            rows = self._call(self._session.execute, self._by_tenant, (tenant,))
+        return sorted((_row_to_device(row) for row in rows), key=lambda d: d.device_id)
+
+    def revoke(self, device_id: str) -> Device:
+        """Mark the device revoked (the certificate itself is revoked through gateway.pki)."""
+        now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+        row = self._call(self._session.execute, self._revoke, (now, device_id)).one()
+        if not row.applied:
+            raise UnknownDevice(f"device {device_id!r} is not registered")
+        device = self.get(device_id)
+        assert device is not None
+        return device
+
+
+class TenantCache:
+    """Tenant by device id for the bridge's hot path: a dict, filled from the registry on a miss.
+
+    A device's tenant never changes, so hits never expire. Misses are remembered for
+    `negative_ttl_s` so a flood from an unknown device does not become a flood of queries, yet a
+    device provisioned a moment ago is found soon.
+    """
+
+    def __init__(self, lookup: Callable[[str], str | None], negative_ttl_s: float = 5.0) -> None:
+        self._lookup = lookup
+        self._negative_ttl_s = negative_ttl_s
+        self._tenants: dict[str, str] = {}
+        self._misses: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def get(self, device_id: str) -> str | None:
+        tenant = self._tenants.get(device_id)
+        if tenant is not None:
+            return tenant
+        missed_at = self._misses.get(device_id)
+        if missed_at is not None and time.monotonic() - missed_at < self._negative_ttl_s:
+            return None
+        tenant = self._lookup(device_id)
+        with self._lock:
+            if tenant is None:
+                self._misses[device_id] = time.monotonic()
+            else:
+                self._tenants[device_id] = tenant
+                self._misses.pop(device_id, None)
+        return tenant
+
+    def preload(self, devices: Sequence[Device]) -> None:
+        """Fill the cache at start-up (e.g. from DeviceRegistry.list()) to skip the first misses."""
+        with self._lock:
+            self._tenants.update((d.device_id, d.tenant) for d in devices)
+
+    def __len__(self) -> int:
+        return len(self._tenants)
