@@ -1,0 +1,80 @@
+"""The bridge's lifecycle: build the parts, serve until SIGTERM, then drain and exit cleanly.
+
+Shutdown order matters for "lose nothing": stop taking messages, flush Kafka (each confirmation
+queues its PUBACK), disconnect MQTT (queued PUBACKs go out before DISCONNECT), close. Whatever
+Kafka did not confirm stays unacknowledged and the broker redelivers it to the next session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from bridge.config import BridgeSettings
+from bridge.errors import BridgeError
+from bridge.forwarder import Forwarder
+from bridge.http import serve
+from bridge.kafka_sink import KafkaSink
+from bridge.metrics import BridgeMetrics
+from bridge.mqtt_source import MqttSource
+from bridge.tenants import CachedTenants, CassandraTenants
+
+log = logging.getLogger(__name__)
+
+
+async def run(settings: BridgeSettings, stop: asyncio.Event | None = None) -> int:
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("bridge settings: %s", settings.model_dump_json())
+
+    metrics = BridgeMetrics()
+    loader = CassandraTenants(
+        settings.cassandra_hosts.split(","), settings.cassandra_port, settings.cassandra_keyspace
+    )
+    tenants = CachedTenants(loader, settings.bridge_unknown_device_ttl_s)
+    sink = KafkaSink(settings.producer_config())
+    sink.on_delivery_error = lambda name: metrics.delivery_errors.labels(error=name).inc()
+    metrics.kafka_up.set_function(lambda: 1.0 if sink.brokers_up else 0.0)
+    forwarder = Forwarder(
+        sink, tenants, metrics, settings.bridge_readings_topic, settings.bridge_dlq_topic
+    )
+    source = MqttSource(settings, forwarder, metrics)
+
+    def health() -> tuple[bool, dict[str, object]]:
+        ok = source.connected and sink.brokers_up and sink.fatal_error is None
+        return ok, {
+            "mqtt": "connected" if source.connected else "disconnected",
+            "kafka": "up" if sink.brokers_up else "down",
+            "in_flight": source.in_flight,
+            "kafka_queued": sink.queued,
+        }
+
+    server = await serve(
+        settings.bridge_metrics_host, settings.bridge_metrics_port, metrics.registry, health
+    )
+    sink.start()
+    exit_code = 0
+    try:
+        source.start()
+        while not stop.is_set():
+            if sink.fatal_error is not None:
+                raise BridgeError(f"Kafka producer failed: {sink.fatal_error}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+        log.info("stopping: no new messages, flushing Kafka")
+    except BridgeError as exc:
+        log.error("%s", exc)
+        exit_code = 1
+    finally:
+        source.pause()
+        remaining = await asyncio.to_thread(sink.close, settings.bridge_flush_timeout_s)
+        await asyncio.to_thread(source.stop)
+        loader.close()
+        server.close()
+        await server.wait_closed()
+        log.info("bridge stopped (%d records left unconfirmed, unacknowledged)", remaining)
+    return exit_code

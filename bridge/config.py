@@ -1,0 +1,91 @@
+"""The bridge's settings: one typed class, environment prefix IOT_ (IOT_MQTT_PORT, ...)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gateway import endpoints, pki, topics
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class BridgeSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="IOT_", extra="ignore")
+
+    # Same variable as the stack runner's, so one IOT_STACK_DIR moves every service's state.
+    stack_dir: Path = REPO_ROOT / ".stack"
+
+    mqtt_host: str = endpoints.HOST
+    mqtt_port: int = endpoints.MQTT_TLS_PORT
+    # Stable: the broker keeps the persistent session (and its queue) under this id.
+    bridge_client_id: str = "bridge-1"
+    bridge_subscription: str = topics.MQTT_BRIDGE_SUBSCRIPTION
+    # Unset: derived from stack_dir (pki/ca.crt, pki/services/svc-bridge.{crt,key}).
+    bridge_ca_file: Path | None = None
+    bridge_cert_file: Path | None = None
+    bridge_key_file: Path | None = None
+    # How long Mosquitto keeps the session (and queues for it) after the bridge disconnects.
+    bridge_session_expiry_s: int = 7 * 24 * 3600
+    # MQTT 5 Receive Maximum: unacknowledged messages the broker may send us. This is the bound on
+    # what the bridge holds in memory when Kafka stalls; the rest waits in Mosquitto's queue.
+    bridge_max_in_flight: int = Field(default=2000, ge=1, le=65535)
+    bridge_keepalive_s: int = 30
+    bridge_reconnect_min_s: float = 0.5
+    bridge_reconnect_max_s: float = 30.0
+    # Mosquitto's $SYS counters (the bridge needs read on $SYS/# in the ACL).
+    bridge_sys_dropped_topic: str = "$SYS/broker/publish/messages/dropped"
+
+    kafka_bootstrap: str = endpoints.KAFKA_BOOTSTRAP
+    bridge_readings_topic: str = topics.KAFKA_READINGS
+    bridge_dlq_topic: str = topics.KAFKA_DLQ
+    bridge_compression: str = "lz4"
+    bridge_linger_ms: float = 5.0
+    bridge_batch_size: int = 256 * 1024
+    # 0 = never give up on a record: while Kafka is down nothing is acknowledged, nothing is lost.
+    bridge_message_timeout_ms: int = 0
+    bridge_flush_timeout_s: float = 20.0
+
+    cassandra_hosts: str = endpoints.CASSANDRA_HOSTS
+    cassandra_port: int = endpoints.CASSANDRA_PORT
+    cassandra_keyspace: str = endpoints.CASSANDRA_KEYSPACE
+    # A known device's tenant never changes; an unknown one is re-read at most this often.
+    bridge_unknown_device_ttl_s: float = 5.0
+
+    bridge_metrics_host: str = "127.0.0.1"
+    bridge_metrics_port: int = endpoints.BRIDGE_METRICS_PORT
+
+    @property
+    def pki_dir(self) -> Path:
+        return self.stack_dir / "pki"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.bridge_ca_file or self.pki_dir / "ca.crt"
+
+    @property
+    def cert_file(self) -> Path:
+        return self.bridge_cert_file or self.pki_dir / "services" / f"{pki.BRIDGE_CN}.crt"
+
+    @property
+    def key_file(self) -> Path:
+        return self.bridge_key_file or self.pki_dir / "services" / f"{pki.BRIDGE_CN}.key"
+
+    def producer_config(self) -> dict[str, str | int | float | bool]:
+        """librdkafka settings: durable (acks=all, idempotent) and batched."""
+        return {
+            "bootstrap.servers": self.kafka_bootstrap,
+            "client.id": self.bridge_client_id,
+            "acks": "all",
+            "enable.idempotence": True,
+            "compression.type": self.bridge_compression,
+            "linger.ms": self.bridge_linger_ms,
+            "batch.size": self.bridge_batch_size,
+            "message.timeout.ms": self.bridge_message_timeout_ms,
+            # Room for the whole MQTT window several times over; never the memory bound itself.
+            "queue.buffering.max.messages": max(100_000, 4 * self.bridge_max_in_flight),
+            "reconnect.backoff.ms": 100,
+            "reconnect.backoff.max.ms": 2000,
+        }

@@ -1,0 +1,143 @@
+"""The Kafka side: an idempotent, batching confluent-kafka producer with a polling thread.
+
+`produce` never blocks for long: librdkafka batches, and its delivery reports (served by the poll
+thread) call each record's `on_delivered`, which is what finally lets the MQTT side acknowledge.
+A failed delivery is produced again after a pause, so a record is either confirmed or still held
+(and then not acknowledged to MQTT): never dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from bridge.errors import BridgeError
+
+log = logging.getLogger(__name__)
+
+_RETRY_AFTER_S = 1.0
+
+
+@dataclass(slots=True)
+class Record:
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, str | bytes | None]] | None
+    on_delivered: Callable[[], None]
+    attempts: int = 0
+
+
+class KafkaSink:
+    def __init__(self, config: Mapping[str, str | int | float | bool]) -> None:
+        conf: dict[str, Any] = {**config, "error_cb": self._on_error}
+        try:
+            self._producer = Producer(conf)
+        except KafkaException as exc:
+            raise BridgeError(f"bad Kafka producer config: {exc}") from exc
+        self._retries: deque[tuple[float, Record]] = deque()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll_loop, name="kafka-poll", daemon=True)
+        self.fatal_error: str | None = None
+        self.brokers_up = True
+        self.delivery_errors = 0
+        self.on_delivery_error: Callable[[str], None] = lambda reason: None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def produce(self, record: Record) -> None:
+        record.attempts += 1
+        while True:
+            try:
+                self._producer.produce(
+                    record.topic,
+                    record.value,
+                    record.key,
+                    headers=record.headers,
+                    on_delivery=lambda err, msg: self._delivered(record, err, msg),
+                )
+                return
+            except BufferError:
+                # librdkafka's own queue is full (far above the MQTT window): let deliveries drain.
+                time.sleep(0.01)
+            except KafkaException as exc:
+                self._fail(record, exc.args[0])
+                return
+
+    def _delivered(self, record: Record, err: KafkaError | None, msg: Message) -> None:
+        if err is None:
+            self.brokers_up = True
+            record.on_delivered()
+            return
+        self._fail(record, err)
+
+    def _fail(self, record: Record, err: KafkaError) -> None:
+        self.delivery_errors += 1
+        self.on_delivery_error(err.name())
+        if err.fatal():
+            # The idempotent producer cannot continue; nothing unconfirmed was acknowledged, so
+            # exiting and letting the broker redeliver is safe.
+            self.fatal_error = f"{err.name()}: {err.str()}"
+            log.error("fatal Kafka error on topic %s: %s", record.topic, self.fatal_error)
+            return
+        if record.attempts == 1 or record.attempts % 30 == 0:
+            log.warning(
+                "delivery to %s failed (attempt %d, key %r): %s; retrying",
+                record.topic, record.attempts, record.key, err.str(),
+            )
+        self._retries.append((time.monotonic() + _RETRY_AFTER_S, record))
+
+    def _on_error(self, err: KafkaError) -> None:
+        if err.code() == KafkaError._ALL_BROKERS_DOWN:
+            self.brokers_up = False
+        if err.fatal():
+            self.fatal_error = f"{err.name()}: {err.str()}"
+        log.warning("Kafka client error: %s", err.str())
+
+    def _poll_loop(self) -> None:
+        while not self._stop.is_set():
+            self._producer.poll(0.05)
+            now = time.monotonic()
+            while self._retries and self._retries[0][0] <= now:
+                self.produce(self._retries.popleft()[1])
+
+    @property
+    def queued(self) -> int:
+        """Records handed to librdkafka and not yet confirmed, plus those waiting for a retry."""
+        return len(self._producer) + len(self._retries)
+
+    def check_connection(self, timeout_s: float = 2.0) -> bool:
+        try:
+            self._producer.list_topics(timeout=timeout_s)
+        except KafkaException:
+            return False
+        return True
+
+    def flush(self, timeout_s: float) -> int:
+        """Wait for outstanding deliveries (retries included); returns how many are still held."""
+        deadline = time.monotonic() + timeout_s
+        while self.queued and time.monotonic() < deadline and self.fatal_error is None:
+            self._producer.flush(min(0.2, max(0.0, deadline - time.monotonic())))
+            if not self._thread.is_alive():
+                now = time.monotonic()
+                while self._retries and self._retries[0][0] <= now:
+                    self.produce(self._retries.popleft()[1])
+        return self.queued
+
+    def close(self, timeout_s: float) -> int:
+        remaining = self.flush(timeout_s)
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=2.0)
+        if remaining:
+            log.warning("%d records still unconfirmed by Kafka at shutdown (not acknowledged)",
+                        remaining)
+        return remaining

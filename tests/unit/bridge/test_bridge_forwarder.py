@@ -1,0 +1,136 @@
+"""Validation, tenant lookup and routing to iot.readings or the DLQ, with a fake Kafka sink."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from bridge.forwarder import Forwarder
+from bridge.kafka_sink import Record
+from bridge.metrics import BridgeMetrics
+from bridge.tenants import CachedTenants, TenantLookupError
+from bridge.tracker import AckTracker
+from gateway.contract import Reason, telemetry_payload
+from gateway.topics import KAFKA_DLQ, KAFKA_READINGS, telemetry_topic
+
+NOW_MS = 1_764_000_000_000
+
+
+class FakeSink:
+    def __init__(self) -> None:
+        self.records: list[Record] = []
+
+    def produce(self, record: Record) -> None:
+        self.records.append(record)
+
+    def confirm_all(self) -> None:
+        for record in self.records:
+            record.on_delivered()
+
+
+def make(tenants: dict[str, str]) -> tuple[Forwarder, FakeSink, BridgeMetrics]:
+    sink = FakeSink()
+    metrics = BridgeMetrics()
+    forwarder = Forwarder(
+        sink, CachedTenants(tenants.get), metrics, KAFKA_READINGS, KAFKA_DLQ,
+        wall_clock=lambda: NOW_MS / 1000,
+    )
+    return forwarder, sink, metrics
+
+
+def test_valid_reading_goes_to_readings_keyed_by_device_and_acks_after_delivery() -> None:
+    forwarder, sink, metrics = make({"dev-1": "tenant-a"})
+    acked: list[int] = []
+    tracker = AckTracker(acked.append)
+    payload = telemetry_payload("2025-11-24T16:00:00.123+00:00", {"t": 21.5}, seq=3)
+    forwarder.handle(tracker, telemetry_topic("dev-1"), payload, mid=42)
+    [record] = sink.records
+    assert (record.topic, record.key, record.headers) == (KAFKA_READINGS, b"dev-1", None)
+    assert json.loads(record.value) == {
+        "deviceId": "dev-1", "tenant": "tenant-a", "ts": 1_764_000_000_123,
+        "metrics": {"t": 21.5}, "seq": 3, "receivedAt": NOW_MS,
+    }
+    assert acked == []  # not before Kafka confirmed
+    sink.confirm_all()
+    assert acked == [42]
+    assert metrics.produced._value.get() == 1
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"not json", Reason.NOT_JSON),
+        (b'{"metrics": {"t": 1}}', Reason.MISSING_TS),
+        (b'{"ts": 1764000000000, "metrics": {"t": NaN}}', Reason.NON_FINITE_METRIC),
+        (telemetry_payload(NOW_MS, {f"m{i}": 1.0 for i in range(65)}), Reason.TOO_MANY_METRICS),
+        (b" " * (64 * 1024 + 1), Reason.TOO_LARGE),
+        (telemetry_payload(NOW_MS, {"t": 1.0}, device_id="other"), Reason.DEVICE_MISMATCH),
+        (telemetry_payload(NOW_MS + 6 * 60_000, {"t": 1.0}), Reason.TS_IN_FUTURE),
+        (telemetry_payload(NOW_MS - 8 * 86_400_000, {"t": 1.0}), Reason.TS_TOO_OLD),
+    ],
+)
+def test_invalid_messages_go_to_the_dlq_with_reason_and_original_bytes(
+    payload: bytes, reason: Reason
+) -> None:
+    forwarder, sink, metrics = make({"dev-1": "tenant-a"})
+    acked: list[int] = []
+    forwarder.handle(AckTracker(acked.append), telemetry_topic("dev-1"), payload, mid=7)
+    [record] = sink.records
+    headers = dict(record.headers or [])
+    assert record.topic == KAFKA_DLQ
+    assert record.key == b"dev-1"
+    assert record.value == payload
+    assert headers["reason"] == reason.value.encode()
+    assert headers["mqtt_topic"] == b"devices/dev-1/telemetry"
+    assert headers["received_at"] == str(NOW_MS).encode()
+    sink.confirm_all()
+    assert acked == [7]
+    assert metrics.dlq.labels(reason=reason.value)._value.get() == 1
+
+
+def test_unknown_device_goes_to_the_dlq() -> None:
+    forwarder, sink, _ = make({})
+    forwarder.handle(None, telemetry_topic("ghost"), telemetry_payload(NOW_MS, {"t": 1.0}), 1)
+    [record] = sink.records
+    assert dict(record.headers or [])["reason"] == Reason.UNKNOWN_DEVICE.value.encode()
+
+
+def test_tenant_cache_rereads_an_unknown_device_only_after_its_ttl() -> None:
+    registry: dict[str, str] = {}
+    calls: list[str] = []
+    clock = [0.0]
+
+    def load(device_id: str) -> str | None:
+        calls.append(device_id)
+        return registry.get(device_id)
+
+    cache = CachedTenants(load, unknown_ttl_s=5.0, clock=lambda: clock[0])
+    assert cache.tenant_of("d") is None
+    registry["d"] = "tenant-b"
+    assert cache.tenant_of("d") is None  # still within the negative TTL
+    clock[0] = 6.0
+    assert cache.tenant_of("d") == "tenant-b"
+    assert cache.tenant_of("d") == "tenant-b"
+    assert calls == ["d", "d"]
+
+
+def test_registry_outage_holds_the_message_instead_of_dead_lettering_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    failures = [2]
+
+    def load(device_id: str) -> str | None:
+        if failures[0]:
+            failures[0] -= 1
+            raise TenantLookupError("cassandra down")
+        return "tenant-a"
+
+    monkeypatch.setattr(time, "sleep", lambda s: None)
+    sink = FakeSink()
+    forwarder = Forwarder(sink, CachedTenants(load), BridgeMetrics(), KAFKA_READINGS, KAFKA_DLQ)
+    payload = telemetry_payload(int(time.time() * 1000), {"t": 1.0})
+    forwarder.handle(None, telemetry_topic("dev-1"), payload, 1)
+    [record] = sink.records
+    assert record.topic == KAFKA_READINGS
