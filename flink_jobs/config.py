@@ -1,0 +1,38 @@
+"""Settings of the aggregation job (environment variables prefixed IOT_FLINK_ / IOT_)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gateway import endpoints, topics
+from stack.config import REPO_ROOT
+
+
+class FlinkJobSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="IOT_FLINK_", extra="ignore")
+
+    job_name: str = "iot-aggregates"
+    rest_url: str = endpoints.FLINK_REST_URL
+    kafka_bootstrap: str = Field(
+        default=endpoints.KAFKA_BOOTSTRAP, validation_alias="IOT_KAFKA_BOOTSTRAP"
+    )
+    source_topic: str = topics.KAFKA_READINGS
+    consumer_group: str = "flink-aggregates"
+    sink_topic_1m: str = topics.KAFKA_AGG_1M
+    sink_topic_1h: str = topics.KAFKA_AGG_1H
+    sink_topic_all: str = topics.KAFKA_AGG_ALL
+
+    parallelism: int = 1
+    # Bounded out-of-orderness of the contract: a reading up to 10 s late still counts in its window.
+    watermark_delay_s: int = 10
+    # A quiet Kafka partition must not hold back the watermark (windows would never close).
+    idle_timeout_s: int = 5
+    checkpoint_interval_s: int = 5
+    checkpoint_dir: Path = REPO_ROOT / ".stack" / "flink" / "checkpoints"
+    # The Kafka SQL connector jar shipped with the job; the stack runner fills it in.
+    connector_jar: Path | None = None
+    # Batches updates of the all-time rollup, so Kafka sees one upsert per key per interval.
+    mini_batch_latency_ms: int = 1000

@@ -1,0 +1,41 @@
+"""The bits of Flink's REST API the submitter and the runner need."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+
+class FlinkRest:
+    def __init__(self, base_url: str, timeout_s: float = 5.0) -> None:
+        self._client = httpx.Client(base_url=base_url, timeout=timeout_s)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _get(self, path: str) -> Any:
+        response = self._client.get(path)
+        response.raise_for_status()
+        return response.json()
+
+    def jobs(self) -> list[dict[str, Any]]:
+        jobs: list[dict[str, Any]] = self._get("/jobs/overview")["jobs"]
+        return jobs
+
+    def active_job(self, name: str) -> dict[str, Any] | None:
+        """The job of that name that is not in a terminal state, if any."""
+        terminal = {"FINISHED", "CANCELED", "FAILED"}
+        for job in self.jobs():
+            if job["name"] == name and job["state"] not in terminal:
+                return job
+        return None
+
+    def latest_checkpoint(self, job_id: str) -> dict[str, Any] | None:
+        latest: dict[str, Any] | None = self._get(f"/jobs/{job_id}/checkpoints").get("latest", {}).get(
+            "completed"
+        )
+        return latest
+
+    def cancel(self, job_id: str) -> None:
+        self._client.patch(f"/jobs/{job_id}", params={"mode": "cancel"}).raise_for_status()
