@@ -35,11 +35,26 @@ def ensure_maven() -> str:
     return mvn
 
 
-def fetch(settings: StackSettings, component: str) -> Path:
-    """The directory holding the component's jars (and zips), fetching them if missing."""
+def _target(settings: StackSettings, component: str) -> tuple[Path, str]:
     pom = MANIFESTS / f"{component}.pom.xml"
     digest = hashlib.sha256(pom.read_bytes()).hexdigest()[:12]
-    target = settings.cache_dir / f"{component}-{digest}"
+    return settings.cache_dir / f"{component}-{digest}", digest
+
+
+def lib_dir(settings: StackSettings, component: str) -> Path:
+    """Where fetch() puts the component's jars, without fetching (for command lines and status)."""
+    return _target(settings, component)[0] / "lib"
+
+
+def classpath(settings: StackSettings, component: str) -> str:
+    """Every jar of the component, sorted; empty until fetched."""
+    return ":".join(str(jar) for jar in sorted(lib_dir(settings, component).glob("*.jar")))
+
+
+def fetch(settings: StackSettings, component: str) -> Path:
+    """The directory holding the component's jars (and zips), fetching them if missing."""
+    target, digest = _target(settings, component)
+    pom = MANIFESTS / f"{component}.pom.xml"
     marker = target / ".complete"
     if marker.exists():
         return target / "lib"

@@ -37,6 +37,8 @@ class StackSettings(BaseSettings):
     flink_jobmanager_memory: str = "768m"
     flink_taskmanager_memory: str = "1280m"
     flink_task_slots: int = 2
+    # SimpleStrategy replication of the application keyspace; 1 on the single local node.
+    cassandra_replication_factor: int = 1
 
     ready_timeout_s: float = 180.0
     # `make up` also starts the default emulator (CONTRACT.md: 50 devices, 1 reading/s each).
