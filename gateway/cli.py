@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from gateway import endpoints, pki
 from gateway.contract import TENANT_PATTERN, is_valid_tenant
-from gateway.registry import DeviceRegistry, RegistryError, connect
+from gateway.registry import DeviceRegistry, RegistryError, connect, provision_device
 from stack.config import StackSettings
 
 log = logging.getLogger("iot.certs")
@@ -32,35 +32,12 @@ def open_registry(settings: CertsSettings) -> DeviceRegistry:
     return DeviceRegistry(session, settings.cassandra_keyspace)
 
 
-def provision(
-    settings: CertsSettings, registry: DeviceRegistry, device_id: str, tenant: str
-) -> pki.Identity:
-    """Issue a device certificate and record the device; nothing is left behind on failure."""
-    pki.check_device_id(device_id)
-    if not is_valid_tenant(tenant):
-        raise CliError(f"invalid tenant {tenant!r}: must match {TENANT_PATTERN}")
-    existing = registry.get(device_id)
-    if existing is not None:
-        state = " (revoked)" if existing.revoked_at else ""
-        raise CliError(
-            f"device {device_id!r} is already registered to tenant {existing.tenant!r}{state}"
-        )
-    identity = pki.issue_device(settings.pki_dir, device_id)
-    try:
-        registry.register(device_id, tenant, pki.fingerprint(identity.cert))
-    except BaseException:
-        identity.cert.unlink(missing_ok=True)
-        identity.key.unlink(missing_ok=True)
-        raise
-    return identity
-
-
 def _issue(args: argparse.Namespace, settings: CertsSettings) -> int:
     pki.check_device_id(args.device_id)
     if not is_valid_tenant(args.tenant):
         raise CliError(f"invalid tenant {args.tenant!r}: must match {TENANT_PATTERN}")
     registry = open_registry(settings)
-    identity = provision(settings, registry, args.device_id, args.tenant)
+    identity = provision_device(settings.pki_dir, registry, args.device_id, args.tenant)
     sys.stdout.write(
         f"issued {args.device_id} (tenant {args.tenant})\n"
         f"  certificate {identity.cert}\n  key         {identity.key}\n"
@@ -128,7 +105,7 @@ def _run(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
     try:
         result: int = args.func(args, CertsSettings())
         return result
-    except (CliError, pki.PkiError, RegistryError) as exc:
+    except (CliError, pki.PkiError, RegistryError, ValueError) as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 1
 

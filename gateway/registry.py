@@ -12,9 +12,12 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from gateway import endpoints
+from gateway.contract import TENANT_PATTERN, is_valid_tenant
+from gateway.pki import Identity, check_device_id, fingerprint, issue_device
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +173,32 @@ class DeviceRegistry:
         device = self.get(device_id)
         assert device is not None
         return device
+
+
+def provision_device(
+    pki_dir: Path, registry: DeviceRegistry, device_id: str, tenant: str
+) -> Identity:
+    """Issue a device certificate and record the device; nothing is left behind on failure.
+
+    DuplicateDevice when the id is registered, PkiError for a bad or reserved id or an existing
+    certificate, ValueError for a bad tenant."""
+    check_device_id(device_id)
+    if not is_valid_tenant(tenant):
+        raise ValueError(f"invalid tenant {tenant!r}: must match {TENANT_PATTERN}")
+    existing = registry.get(device_id)
+    if existing is not None:
+        state = " (revoked)" if existing.revoked_at else ""
+        raise DuplicateDevice(
+            f"device {device_id!r} is already registered to tenant {existing.tenant!r}{state}"
+        )
+    identity = issue_device(pki_dir, device_id)
+    try:
+        registry.register(device_id, tenant, fingerprint(identity.cert))
+    except BaseException:
+        identity.cert.unlink(missing_ok=True)
+        identity.key.unlink(missing_ok=True)
+        raise
+    return identity
 
 
 class TenantCache:
