@@ -1,0 +1,50 @@
+"""Settings of the query API (environment variables prefixed IOT_), validated at start-up."""
+
+from __future__ import annotations
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gateway import endpoints
+
+
+class QueryApiSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="IOT_", extra="ignore")
+
+    # Shares IOT_QUERY_API_PORT / IOT_CASSANDRA_PORT with the stack runner's settings on purpose.
+    query_api_host: str = endpoints.HOST
+    query_api_port: int = endpoints.QUERY_API_PORT
+
+    keycloak_url: str = endpoints.KEYCLOAK_URL
+    keycloak_realm: str = endpoints.KEYCLOAK_REALM
+    keycloak_client_id: str = endpoints.KEYCLOAK_CLIENT_ID
+    # Keycloak stamps `iss` with the host the token was requested from; set this when clients
+    # reach Keycloak under another name than keycloak_url.
+    keycloak_issuer: str | None = None
+    # An unknown key id triggers a JWKS refetch, but never more often than this (a flood of
+    # forged kids must not turn into a flood of calls to Keycloak).
+    jwks_min_refresh_s: float = 10.0
+    jwks_timeout_s: int = 5
+
+    cassandra_hosts: str = endpoints.CASSANDRA_HOSTS
+    cassandra_port: int = endpoints.CASSANDRA_PORT
+    cassandra_keyspace: str = endpoints.CASSANDRA_KEYSPACE
+    # None: the driver takes the data centre of the first contact point.
+    cassandra_local_dc: str | None = None
+    cassandra_timeout_s: float = 5.0
+
+    # device -> tenant answers are cached; a device's tenant never changes, but a new device
+    # must become visible quickly, so misses are cached for a much shorter time.
+    registry_cache_s: float = 60.0
+    registry_miss_cache_s: float = 1.0
+    # Access log lines cost as much as the query at 1,000s of requests/s; metrics count instead.
+    access_log: bool = False
+
+    @property
+    def issuer(self) -> str:
+        return (
+            self.keycloak_issuer or f"{self.keycloak_url.rstrip('/')}/realms/{self.keycloak_realm}"
+        )
+
+    @property
+    def cassandra_contact_points(self) -> list[str]:
+        return [host.strip() for host in self.cassandra_hosts.split(",") if host.strip()]

@@ -1,0 +1,284 @@
+"""Reads of the aggregate tables (storage/schema/001_aggregates.cql) and of the device registry.
+
+1-minute rows live in one partition per (device, month), 1-hour rows per (device, year): a range
+is read bucket by bucket in time order, stopping as soon as the page is full. Paging is keyset:
+the cursor is the (window_start, metric) of the last row returned, and the next page starts
+strictly after it, so pages never overlap or skip whatever the limit.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from cassandra.query import PreparedStatement
+
+from gateway import registry
+from query_api.db import CassandraStore, Row
+from query_api.errors import DependencyDown
+from query_api.params import Cursor, TimeRange, Window
+
+Item = dict[str, Any]
+
+_AGG_COLUMNS = "window_start, window_end, metric, count, sum, min, max, avg"
+_TABLES = {
+    Window.ONE_MINUTE: ("agg_1m", "bucket_month"),
+    Window.ONE_HOUR: ("agg_1h", "bucket_year"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    items: list[Item]
+    next_cursor: str | None
+
+
+class AggregateReader(Protocol):
+    """What the routes need; AggregateRepository is the real one, unit tests bring a fake."""
+
+    async def tenant_of(self, device_id: str) -> str | None: ...
+
+    async def windows(
+        self,
+        device_id: str,
+        window: Window,
+        span: TimeRange,
+        metric: str | None,
+        limit: int,
+        cursor: Cursor | None,
+    ) -> Page: ...
+
+    async def totals(
+        self, device_id: str, metric: str | None, limit: int, cursor: Cursor | None
+    ) -> Page: ...
+
+
+def month_buckets(start_ms: int, end_ms: int) -> Iterator[str]:
+    """'YYYY-MM' of every month holding a window start in [start_ms, end_ms)."""
+    first, last = _utc(start_ms), _utc(max(start_ms, end_ms - 1))
+    year, month = first.year, first.month
+    while (year, month) <= (last.year, last.month):
+        yield f"{year:04d}-{month:02d}"
+        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+
+
+def year_buckets(start_ms: int, end_ms: int) -> Iterator[int]:
+    yield from range(_utc(start_ms).year, _utc(max(start_ms, end_ms - 1)).year + 1)
+
+
+def iso(value: datetime | None) -> str | None:
+    """ISO 8601 UTC with Z; milliseconds only when there are any (windows are whole minutes)."""
+    if value is None:
+        return None
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    text = value.isoformat(timespec="milliseconds" if value.microsecond else "seconds")
+    return text + "Z"
+
+
+def _utc(millis: int) -> datetime:
+    return datetime.fromtimestamp(millis / 1000, UTC)
+
+
+class _WindowStatements:
+    """The four reads of a windowed table: (from start | after a cursor) x (any | one metric)."""
+
+    def __init__(self, table: str, bucket: str) -> None:
+        base = f"SELECT {_AGG_COLUMNS} FROM {table} WHERE device_id = ? AND {bucket} = ?"
+        self.cql = {
+            "range": f"{base} AND window_start >= ? AND window_start < ? LIMIT ?",
+            # A multi-column slice resumes inside a window_start that has more metrics.
+            "after": f"{base} AND (window_start, metric) > (?, ?) AND (window_start) < (?) LIMIT ?",
+            "range_metric": f"{base} AND window_start >= ? AND window_start < ? AND metric = ?"
+            " LIMIT ? ALLOW FILTERING",
+            "after_metric": f"{base} AND window_start > ? AND window_start < ? AND metric = ?"
+            " LIMIT ? ALLOW FILTERING",
+        }
+        self.prepared: dict[str, PreparedStatement] = {}
+
+
+class AggregateRepository:
+    def __init__(self, store: CassandraStore, hit_ttl_s: float, miss_ttl_s: float) -> None:
+        self._store = store
+        self._hit_ttl_s = hit_ttl_s
+        self._miss_ttl_s = miss_ttl_s
+        self._tenants: dict[str, tuple[str | None, float]] = {}
+        self._windows = {w: _WindowStatements(*table) for w, table in _TABLES.items()}
+        self._all_cql = {
+            "all": "SELECT metric, count, sum, min, max, avg, first_ts, last_ts, late"
+            " FROM agg_all WHERE device_id = ?",
+        }
+        self._all_cql["metric"] = self._all_cql["all"] + " AND metric = ?"
+        self._all_cql["after"] = self._all_cql["all"] + " AND metric > ? LIMIT ?"
+        self._all_cql["all"] += " LIMIT ?"
+        self._all: dict[str, PreparedStatement] = {}
+        self._tenant_stmt: PreparedStatement | None = None
+        self.ready = False
+
+    async def prepare(self) -> None:
+        """Prepare every statement once, after the session is connected."""
+        for statements in self._windows.values():
+            for name, cql in statements.cql.items():
+                statements.prepared[name] = await self._store.prepare(cql)
+        for name, cql in self._all_cql.items():
+            self._all[name] = await self._store.prepare(cql)
+        self._tenant_stmt = await self._store.prepare(
+            f"SELECT tenant FROM {registry.TABLE} WHERE device_id = ?"
+        )
+        self.ready = True
+
+    def _require_ready(self) -> None:
+        if not self.ready:
+            raise DependencyDown(f"Cassandra not ready: {self._store.last_error}")
+
+    async def tenant_of(self, device_id: str) -> str | None:
+        """The device's tenant from the registry, or None for an unknown device (cached)."""
+        now = time.monotonic()
+        cached = self._tenants.get(device_id)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        self._require_ready()
+        assert self._tenant_stmt is not None
+        rows = await self._store.execute(self._tenant_stmt, (device_id,))
+        tenant = rows[0][0] if rows else None
+        if len(self._tenants) > 100_000:
+            self._tenants.clear()
+        self._tenants[device_id] = (tenant, now + (self._hit_ttl_s if tenant else self._miss_ttl_s))
+        return tenant
+
+    async def windows(
+        self,
+        device_id: str,
+        window: Window,
+        span: TimeRange,
+        metric: str | None,
+        limit: int,
+        cursor: Cursor | None,
+    ) -> Page:
+        self._require_ready()
+        statements = self._windows[window]
+        start_ms = span.start_ms
+        if cursor is not None:
+            start_ms = max(start_ms, cursor.window_start_ms)
+        buckets: Iterator[str] | Iterator[int] = (
+            month_buckets(start_ms, span.end_ms)
+            if window is Window.ONE_MINUTE
+            else year_buckets(start_ms, span.end_ms)
+        )
+        rows: list[Row] = []
+        # Only the first bucket resumes inside a window_start; later ones start at their beginning.
+        after = cursor if cursor is not None and cursor.window_start_ms >= span.start_ms else None
+        if start_ms < span.end_ms:
+            for bucket in buckets:
+                stmt, params = self._bucket_read(
+                    statements,
+                    device_id,
+                    bucket,
+                    start_ms,
+                    span.end_ms,
+                    metric,
+                    after,
+                    want=limit + 1 - len(rows),
+                )
+                rows.extend(await self._store.execute(stmt, params))
+                after = None
+                if len(rows) > limit:
+                    break
+        page, more = rows[:limit], len(rows) > limit
+        items = [
+            {
+                "windowStart": iso(r[0]),
+                "windowEnd": iso(r[1]),
+                "metric": r[2],
+                "count": r[3],
+                "sum": r[4],
+                "min": r[5],
+                "max": r[6],
+                "avg": r[7],
+            }
+            for r in page
+        ]
+        next_cursor = None
+        if more:
+            last = page[-1]
+            next_cursor = Cursor(_millis(last[0]), last[2]).encode()
+        return Page(items, next_cursor)
+
+    @staticmethod
+    def _bucket_read(
+        statements: _WindowStatements,
+        device_id: str,
+        bucket: str | int,
+        start_ms: int,
+        end_ms: int,
+        metric: str | None,
+        after: Cursor | None,
+        want: int,
+    ) -> tuple[PreparedStatement, tuple[object, ...]]:
+        key = (device_id, bucket)
+        if after is None and metric is None:
+            return statements.prepared["range"], (*key, start_ms, end_ms, want)
+        if after is None:
+            return statements.prepared["range_metric"], (*key, start_ms, end_ms, metric, want)
+        if metric is None:
+            return statements.prepared["after"], (
+                *key,
+                after.window_start_ms,
+                after.metric,
+                end_ms,
+                want,
+            )
+        return statements.prepared["after_metric"], (
+            *key,
+            after.window_start_ms,
+            end_ms,
+            metric,
+            want,
+        )
+
+    async def totals(
+        self, device_id: str, metric: str | None, limit: int, cursor: Cursor | None
+    ) -> Page:
+        self._require_ready()
+        if metric is not None:
+            if cursor is not None and cursor.metric >= metric:
+                rows: list[Row] = []
+            else:
+                rows = await self._store.execute(self._all["metric"], (device_id, metric))
+        elif cursor is not None:
+            rows = await self._store.execute(
+                self._all["after"], (device_id, cursor.metric, limit + 1)
+            )
+        else:
+            rows = await self._store.execute(self._all["all"], (device_id, limit + 1))
+        page, more = rows[:limit], len(rows) > limit
+        items = [
+            {
+                "windowStart": None,
+                "windowEnd": None,
+                "metric": r[0],
+                "count": r[1],
+                "sum": r[2],
+                "min": r[3],
+                "max": r[4],
+                "avg": r[5],
+                "firstTs": iso(r[6]),
+                "lastTs": iso(r[7]),
+                "late": r[8] or 0,
+            }
+            for r in page
+        ]
+        next_cursor = Cursor(0, page[-1][0]).encode() if more else None
+        return Page(items, next_cursor)
+
+
+_EPOCH = datetime(1970, 1, 1)
+
+
+def _millis(value: datetime) -> int:
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    return (value - _EPOCH) // timedelta(milliseconds=1)

@@ -1,0 +1,1 @@
+"""HTTP routes; thin: parse, authorise, call the repository, serialise."""

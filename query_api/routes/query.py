@@ -1,0 +1,70 @@
+"""GET /query/{deviceId}/{window} (CONTRACT.md "Query API")."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import orjson
+from fastapi import APIRouter, Path, Query, Response
+
+from gateway.contract import DEVICE_ID_PATTERN, METRIC_NAME_PATTERN
+from query_api.deps import PrincipalDep, RepositoryDep
+from query_api.errors import NotFound
+from query_api.params import MAX_LIMIT, Cursor, Window, time_range
+from query_api.schemas import ErrorBody, QueryResponse
+
+router = APIRouter(tags=["query"])
+
+_ERRORS: dict[int | str, dict[str, object]] = {
+    400: {"model": ErrorBody, "description": "bad time, range or cursor"},
+    401: {"model": ErrorBody, "description": "no token, or not a valid token of realm iot"},
+    404: {"model": ErrorBody, "description": "no such device, or another tenant's device"},
+    422: {"description": "malformed device id, window, metric or limit"},
+    503: {"model": ErrorBody, "description": "Cassandra or Keycloak unavailable"},
+}
+_TIME_HELP = "RFC 3339 with offset (2026-11-24T10:00:00Z) or epoch milliseconds"
+
+
+@router.get(
+    "/query/{deviceId}/{window}",
+    response_model=QueryResponse,
+    responses=_ERRORS,
+    summary="Aggregates of one device",
+)
+async def query(
+    principal: PrincipalDep,
+    repository: RepositoryDep,
+    device_id: Annotated[str, Path(alias="deviceId", pattern=DEVICE_ID_PATTERN)],
+    window: Window,
+    from_: Annotated[
+        str | None, Query(alias="from", max_length=64, description=f"{_TIME_HELP}; inclusive")
+    ] = None,
+    to: Annotated[str | None, Query(max_length=64, description=f"{_TIME_HELP}; exclusive")] = None,
+    metric: Annotated[str | None, Query(pattern=METRIC_NAME_PATTERN)] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = MAX_LIMIT,
+    cursor: Annotated[
+        str | None, Query(max_length=200, description="`next` of the previous page")
+    ] = None,
+) -> Response:
+    """Windows starting in [from, to) (default: the last hour for 1m, the last 7 days for 1h);
+    `all` ignores from/to. At most `limit` items; `next` pages on."""
+    span = (
+        time_range(window, from_, to, int(time.time() * 1000)) if window is not Window.ALL else None
+    )
+    position = Cursor.decode(cursor) if cursor is not None else None
+    tenant = await repository.tenant_of(device_id)
+    # Another tenant's device answers exactly like a missing one: existence is not disclosed.
+    if tenant is None or not principal.may_read(tenant):
+        raise NotFound(f"device {device_id} not found")
+    if span is None:
+        page = await repository.totals(device_id, metric, limit, position)
+    else:
+        page = await repository.windows(device_id, window, span, metric, limit, position)
+    body = {
+        "deviceId": device_id,
+        "window": window.value,
+        "items": page.items,
+        "next": page.next_cursor,
+    }
+    return Response(orjson.dumps(body), media_type="application/json")
