@@ -6,6 +6,7 @@ command we started (pids are reused), so `iot down` never touches anything it di
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -144,17 +145,13 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
     try:
         os.killpg(pid, sig)
     except (ProcessLookupError, PermissionError):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
 
 
 def _reap(pid: int) -> None:
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def log_tail(path: Path, lines: int = 30) -> str:

@@ -1,0 +1,43 @@
+"""`iot writer` / `python -m storage`: migrate the schema, then write aggregates until SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from prometheus_client import start_http_server
+
+from storage.cassandra_session import connect
+from storage.config import StorageSettings
+from storage.migrate import migrate
+from storage.writer import AggregatesWriter, WriterError
+
+log = logging.getLogger("storage")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    del argv
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = StorageSettings()
+    log.info("settings: %s", settings.model_dump_json())
+    cluster, session = connect(settings.hosts, settings.cassandra_port)
+    try:
+        migrate(session, settings)
+    finally:
+        cluster.shutdown()
+    writer = AggregatesWriter(settings)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: writer.stop())
+    start_http_server(settings.writer_metrics_port, addr="127.0.0.1")
+    try:
+        writer.run()
+    except WriterError as exc:
+        log.error("writer failed: %s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""The aggregates writer: Flink's output topics -> Cassandra, offsets committed after the write.
+
+At-least-once from Kafka plus idempotent writes (upserts keyed by device, window, metric) gives
+exact rows: a batch replayed after a crash writes the same values again.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from typing import Any
+
+from cassandra.concurrent import execute_concurrent
+from cassandra.query import PreparedStatement
+from confluent_kafka import Consumer, KafkaError, Message
+from prometheus_client import Counter, Gauge
+
+from storage.cassandra_session import connect
+from storage.config import StorageSettings
+from storage.rows import CQL, Row, dedupe, to_row
+
+log = logging.getLogger(__name__)
+
+ROWS = Counter("iot_writer_rows_total", "Rows written to Cassandra", ["table"])
+SKIPPED = Counter("iot_writer_skipped_total", "Aggregate records that did not parse", ["topic"])
+RETRIES = Counter("iot_writer_retries_total", "Batches retried after a Cassandra error")
+LAST_WINDOW = Gauge("iot_writer_last_window_end_seconds", "End of the newest window written", ["table"])
+LAST_WRITE = Gauge("iot_writer_last_write_seconds", "Wall time of the last successful batch")
+
+
+class WriterError(RuntimeError):
+    """The writer cannot go on (Cassandra kept failing past the retry limit)."""
+
+
+class AggregatesWriter:
+    def __init__(self, settings: StorageSettings) -> None:
+        self.settings = settings
+        self._stop = threading.Event()
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": settings.kafka_bootstrap,
+                "group.id": settings.writer_group,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "isolation.level": "read_committed",
+            }
+        )
+        self._cluster, self._session = connect(
+            settings.hosts, settings.cassandra_port, settings.cassandra_keyspace
+        )
+        self._prepared: dict[str, PreparedStatement] = {
+            table: self._session.prepare(cql) for table, cql in CQL.items()
+        }
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        """Consume, write and commit until stop(); then commit what was written and close."""
+        topics = [t.strip() for t in self.settings.writer_topics.split(",") if t.strip()]
+        self._consumer.subscribe(topics)
+        log.info("writer consuming %s", ",".join(topics))
+        try:
+            while not self._stop.is_set():
+                messages = self._consumer.consume(self.settings.writer_batch_size, timeout=0.5)
+                if messages:
+                    self._write_batch(messages)
+                    self._consumer.commit(asynchronous=False)
+        finally:
+            self._consumer.close()
+            self._cluster.shutdown()
+            log.info("writer stopped")
+
+    def _rows(self, messages: list[Message]) -> list[Row]:
+        rows = []
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consume error: %s", error)
+                continue
+            value = message.value()
+            if value is None:  # a tombstone of the compacted all-time topic
+                continue
+            try:
+                rows.append(to_row(message.topic() or "", value))
+            except (ValueError, KeyError, TypeError) as exc:
+                SKIPPED.labels(message.topic()).inc()
+                log.error(
+                    "skipping unparsable aggregate topic=%s partition=%s offset=%s: %s",
+                    message.topic(), message.partition(), message.offset(), exc,
+                )
+        return dedupe(rows)
+
+    def _write_batch(self, messages: list[Message]) -> None:
+        rows = self._rows(messages)
+        if not rows:
+            return
+        attempt = 0
+        while True:
+            failures = self._execute(rows)
+            if not failures:
+                break
+            attempt += 1
+            RETRIES.inc()
+            if attempt > self.settings.writer_max_retries:
+                raise WriterError(f"{len(failures)} rows still failing after {attempt} attempts")
+            delay = min(30.0, 0.2 * 2**attempt) * (0.5 + random.random())
+            log.warning("%d of %d rows failed (%s); retry %d in %.1fs",
+                        len(failures), len(rows), failures[0][1], attempt, delay)
+            rows = [row for row, _ in failures]
+            if self._stop.wait(delay):
+                raise WriterError("stopped while retrying; offsets not committed")
+        now = time.time()
+        LAST_WRITE.set(now)
+        for row in rows:
+            ROWS.labels(row.table).inc()
+            if row.table != "agg_all":
+                LAST_WINDOW.labels(row.table).set(row.values[4].timestamp())
+
+    def _execute(self, rows: list[Row]) -> list[tuple[Row, Any]]:
+        statements = [(self._prepared[row.table], row.values) for row in rows]
+        results = execute_concurrent(
+            self._session, statements, concurrency=self.settings.writer_concurrency,
+            raise_on_first_error=False,
+        )
+        return [(row, result) for row, (ok, result) in zip(rows, results, strict=True) if not ok]
