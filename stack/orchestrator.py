@@ -72,6 +72,10 @@ def status(settings: StackSettings) -> list[tuple[str, str, str]]:
     rows = []
     for service in all_services(settings):
         specs = service.processes()
+        if not specs:  # runs inside another service (the Flink job)
+            running = service.running()
+            rows.append((service.name, "running" if running else "stopped", service.describe()))
+            continue
         pids = [process.read_pid(spec) for spec in specs]
         if all(pid is None for pid in pids):
             rows.append((service.name, "stopped", ""))

@@ -32,6 +32,9 @@ class ProcessSpec:
     cwd: Path | None = None
     env: Mapping[str, str] = field(default_factory=dict)
     stop_timeout_s: float = 30.0
+    # A distinctive piece of the running command line, to recognise our pid later; default the
+    # longest argument. Needed when a launcher script exec()s a JVM whose command line differs.
+    marker: str = ""
 
     @property
     def pid_file(self) -> Path:
@@ -98,8 +101,7 @@ def start(spec: ProcessSpec) -> int:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    # The marker is a distinctive piece of the command line, to recognise our pid later.
-    marker = max(spec.argv, key=len)[:200]
+    marker = spec.marker or max(spec.argv, key=len)[:200]
     spec.pid_file.write_text(f"{proc.pid}\n{marker}\n")
     log.info("started %s (pid %d), log %s", spec.name, proc.pid, spec.log_file)
     return proc.pid

@@ -1,0 +1,160 @@
+"""Our own programs, started by the runner after the infrastructure is ready.
+
+Each is the same program a user runs by hand (`python -m bridge`, ...); the runner only supplies
+the environment that points it at the local stack.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import httpx
+
+from gateway import endpoints
+from stack.errors import StackError
+from stack.process import ProcessSpec
+from stack.service import NotReady, Service
+
+
+def _http_ok(url: str) -> None:
+    try:
+        response = httpx.get(url, timeout=2.0)
+    except httpx.HTTPError as exc:
+        raise NotReady(f"GET {url}: {exc.__class__.__name__}") from exc
+    if response.status_code != 200:
+        raise NotReady(f"GET {url}: HTTP {response.status_code}")
+
+
+class _PythonService(Service):
+    module: str
+    args: tuple[str, ...] = ()
+
+    def env(self) -> dict[str, str]:
+        return {"IOT_STACK_DIR": str(self.settings.stack_dir), "PYTHONUNBUFFERED": "1"}
+
+    def processes(self) -> list[ProcessSpec]:
+        argv = [sys.executable, "-m", self.module, *self.args]
+        return [self.spec(self.name, argv, env=self.env())]
+
+
+class WriterService(_PythonService):
+    """Migrates the Cassandra schema, then writes Flink's aggregates to Cassandra."""
+
+    name = "writer"
+    stage = 1
+    module = "storage"
+
+    def check_ready(self) -> None:
+        _http_ok(f"http://127.0.0.1:{endpoints.WRITER_METRICS_PORT}/metrics")
+
+
+class BridgeService(_PythonService):
+    name = "bridge"
+    stage = 1
+    module = "bridge"
+
+    def check_ready(self) -> None:
+        _http_ok(f"http://127.0.0.1:{endpoints.BRIDGE_METRICS_PORT}/health")
+
+
+class QueryApiService(_PythonService):
+    name = "query-api"
+    stage = 2
+    module = "query_api"
+
+    def check_ready(self) -> None:
+        _http_ok(f"http://127.0.0.1:{self.settings.query_api_port}/health")
+
+
+class EmulatorService(_PythonService):
+    """The default fleet of CONTRACT.md: 50 devices, 1 reading/s each, running until `make down`."""
+
+    name = "emulator"
+    stage = 2
+    module = "emulator"
+
+    @property
+    def args(self) -> tuple[str, ...]:  # type: ignore[override]
+        s = self.settings
+        return (
+            "--devices", str(s.emulator_devices), "--rate", str(s.emulator_rate),
+            "--tenant", s.emulator_tenant, "--duration", "0", "--prefix", "dev",
+        )
+
+    def check_ready(self) -> None:
+        # The emulator has no port; readiness is its process staying up past provisioning.
+        for spec in self.processes():
+            from stack import process
+
+            if not process.is_running(spec):
+                raise NotReady("emulator process not running")
+
+
+class FlinkJobService(Service):
+    """The aggregation job: submitted to the session cluster, resumed from its newest checkpoint."""
+
+    name = "flink-job"
+    stage = 1
+
+    def _env(self) -> dict[str, str]:
+        from stack.services.flink import kafka_connector_jar
+
+        return {
+            "IOT_FLINK_CONNECTOR_JAR": str(kafka_connector_jar(self.settings)),
+            "IOT_FLINK_CHECKPOINT_DIR": str(self.settings.stack_dir / "flink" / "checkpoints"),
+            "IOT_FLINK_REST_URL": f"http://localhost:{self.settings.flink_rest_port}",
+        }
+
+    def install(self) -> None:
+        from stack.services.flink import kafka_connector_jar
+
+        kafka_connector_jar(self.settings)
+
+    def processes(self) -> list[ProcessSpec]:
+        return []  # the job runs inside Flink; nothing of ours stays in the background
+
+    def start(self) -> None:
+        import os
+
+        log_file = self.settings.log_dir / "flink-job.log"
+        with open(log_file, "ab") as out:
+            result = subprocess.run(
+                [sys.executable, "-m", "flink_jobs"],
+                env={**os.environ, **self._env()},
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                timeout=300,
+            )
+        if result.returncode != 0:
+            from stack.process import log_tail
+
+            raise StackError(f"flink-job: submission failed; last lines of {log_file}:\n"
+                             f"{log_tail(log_file)}")
+
+    def _job(self) -> dict[str, object] | None:
+        from flink_jobs.config import FlinkJobSettings
+        from flink_jobs.rest import FlinkRest
+
+        rest = FlinkRest(f"http://localhost:{self.settings.flink_rest_port}")
+        try:
+            return rest.active_job(FlinkJobSettings().job_name)
+        except httpx.HTTPError:
+            return None
+        finally:
+            rest.close()
+
+    def check_ready(self) -> None:
+        job = self._job()
+        if job is None or job.get("state") != "RUNNING":
+            raise NotReady(f"Flink job not RUNNING ({job.get('state') if job else 'absent'})")
+
+    def running(self) -> bool:
+        return self._job() is not None
+
+    def stop(self) -> bool:
+        # Stopping the cluster stops the job; it resumes from its retained checkpoint on `up`.
+        return False
+
+    def describe(self) -> str:
+        job = self._job()
+        return f"job {job['jid']} {job['state']}" if job else "no job"
