@@ -1,0 +1,254 @@
+"""The app with a fake repository and locally signed tokens (no services): auth, tenancy, input.
+
+Only the unit tier signs its own tokens; tests/integration/test_query_api.py uses real Keycloak.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from fastapi.testclient import TestClient
+
+from query_api.config import QueryApiSettings
+from query_api.main import create_app
+from query_api.params import Cursor, TimeRange, Window
+from query_api.repository import Page
+
+SETTINGS = QueryApiSettings(keycloak_url="http://keycloak.test", jwks_min_refresh_s=0.0)
+ISSUER = "http://keycloak.test/realms/iot"
+KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+FOREIGN_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def _jwk(key: rsa.RSAPrivateKey, kid: str) -> dict[str, Any]:
+    jwk: dict[str, Any] = jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key(), as_dict=True)
+    return {**jwk, "kid": kid, "use": "sig", "alg": "RS256"}
+
+
+def token(
+    key: rsa.RSAPrivateKey = KEY,
+    kid: str = "k1",
+    tenant: str | None = "tenant-a",
+    roles: list[str] | None = None,
+    **claims: Any,
+) -> str:
+    now = int(time.time())
+    body: dict[str, Any] = {
+        "sub": "user-1",
+        "iss": ISSUER,
+        "aud": ["query-service", "account"],
+        "iat": now,
+        "exp": now + 300,
+        "realm_access": {"roles": roles or []},
+    }
+    if tenant is not None:
+        body["tenant"] = tenant
+    body.update(claims)
+    return jwt.encode(body, key, algorithm="RS256", headers={"kid": kid})
+
+
+class FakeRepository:
+    def __init__(self) -> None:
+        self.tenants = {"dev-a": "tenant-a", "dev-b": "tenant-b"}
+        self.calls: list[tuple[Any, ...]] = []
+
+    async def tenant_of(self, device_id: str) -> str | None:
+        return self.tenants.get(device_id)
+
+    async def windows(
+        self,
+        device_id: str,
+        window: Window,
+        span: TimeRange,
+        metric: str | None,
+        limit: int,
+        cursor: Cursor | None,
+    ) -> Page:
+        self.calls.append((device_id, window, span, metric, limit, cursor))
+        item = {
+            "windowStart": "2026-11-24T10:00:00Z",
+            "windowEnd": "2026-11-24T10:01:00Z",
+            "metric": "temperature",
+            "count": 60,
+            "sum": 1290.0,
+            "min": 20.1,
+            "max": 22.9,
+            "avg": 21.5,
+        }
+        return Page([item], Cursor(1, "temperature").encode() if limit == 1 else None)
+
+    async def totals(self, device_id: str, metric: str | None, limit: int, cursor: Cursor | None) -> Page:
+        return Page([], None)
+
+
+class Keys:
+    def __init__(self) -> None:
+        self.jwks = {"keys": [_jwk(KEY, "k1")]}
+        self.fetches = 0
+
+    async def fetch(self) -> dict[str, Any]:
+        self.fetches += 1
+        return self.jwks
+
+
+@pytest.fixture
+def keys() -> Keys:
+    return Keys()
+
+
+@pytest.fixture
+def repo() -> FakeRepository:
+    return FakeRepository()
+
+
+@pytest.fixture
+def client(keys: Keys, repo: FakeRepository) -> Iterator[TestClient]:
+    app = create_app(SETTINGS, repository=repo, jwks_fetcher=keys.fetch)
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+def get(client: TestClient, path: str, bearer: str | None = None, **params: Any) -> Any:
+    headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
+    return client.get(path, headers=headers, params=params)
+
+
+def test_own_device_answers_with_the_contract_shape(client: TestClient) -> None:
+    response = get(client, "/query/dev-a/1m", token())
+    assert response.status_code == 200
+    body = response.json()
+    assert body["deviceId"] == "dev-a" and body["window"] == "1m"
+    assert body["items"][0]["windowStart"] == "2026-11-24T10:00:00Z"
+    assert body["next"] is None
+
+
+@pytest.mark.parametrize(
+    ("bearer", "reason"),
+    [
+        (None, "missing_token"),
+        ("not-a-jwt", "malformed_token"),
+        (token(FOREIGN_KEY), "bad_signature"),
+        (token(FOREIGN_KEY, kid="other"), "unknown_key"),
+        (token(exp=int(time.time()) - 10), "expired"),
+        (token(iss="http://keycloak.test/realms/master"), "wrong_issuer"),
+        (token(aud="account"), "wrong_audience"),
+        (token(tenant=None), "no_tenant"),
+    ],
+)
+def test_refused_tokens_get_401_with_a_challenge(client: TestClient, bearer: str | None, reason: str) -> None:
+    response = get(client, "/query/dev-a/1m", bearer)
+    assert response.status_code == 401
+    assert response.json()["reason"] == reason
+    assert response.headers["WWW-Authenticate"].startswith('Bearer realm="iot"')
+    metrics = client.get("/metrics").text
+    assert f'query_api_auth_failures_total{{reason="{reason}"}} 1.0' in metrics
+
+
+def test_hs256_with_the_public_key_is_refused(client: TestClient) -> None:
+    forged = jwt.encode(
+        {"sub": "x", "tenant": "tenant-a"}, "secret", algorithm="HS256", headers={"kid": "k1"}
+    )
+    assert get(client, "/query/dev-a/1m", forged).status_code == 401
+
+
+def test_other_tenants_device_is_404_like_an_unknown_one(client: TestClient) -> None:
+    other = get(client, "/query/dev-b/1m", token())
+    unknown = get(client, "/query/nope/1m", token())
+    assert other.status_code == unknown.status_code == 404
+    assert other.json()["detail"].replace("dev-b", "X") == unknown.json()["detail"].replace("nope", "X")
+
+
+def test_admin_reads_every_tenant(client: TestClient) -> None:
+    admin = token(tenant=None, roles=["iot-admin"])
+    assert get(client, "/query/dev-b/1h", admin).status_code == 200
+
+
+def test_unknown_kid_refetches_the_key_set_once(client: TestClient, keys: Keys) -> None:
+    before = keys.fetches
+    keys.jwks = {"keys": [_jwk(KEY, "k1"), _jwk(FOREIGN_KEY, "k2")]}
+    assert get(client, "/query/dev-a/1m", token(FOREIGN_KEY, kid="k2")).status_code == 200
+    assert keys.fetches == before + 1
+    # Validated once, then remembered: no further fetch, no per-request call.
+    assert get(client, "/query/dev-a/1m", token(FOREIGN_KEY, kid="k2")).status_code == 200
+    assert keys.fetches == before + 1
+
+
+@pytest.mark.parametrize(
+    ("path", "params"),
+    [
+        ("/query/bad id!/1m", {}),
+        ("/query/" + "x" * 65 + "/1m", {}),
+        ("/query/dev-a/5m", {}),
+        ("/query/dev-a/1m", {"from": "yesterday"}),
+        ("/query/dev-a/1m", {"to": "2026-13-01T00:00:00Z"}),
+        ("/query/dev-a/1m", {"from": "2026-11-24T10:00:00"}),  # no offset
+        ("/query/dev-a/1m", {"from": "0001-01-01T00:00:00+14:00"}),
+        ("/query/dev-a/1m", {"from": "99999999999999999999"}),
+        ("/query/dev-a/1m", {"from": "-5"}),
+        ("/query/dev-a/1m", {"from": "1764000000000", "to": "1763999999999"}),
+        ("/query/dev-a/1m", {"from": "2020-01-01T00:00:00Z", "to": "2026-01-01T00:00:00Z"}),
+        ("/query/dev-a/1m", {"limit": "0"}),
+        ("/query/dev-a/1m", {"limit": "10001"}),
+        ("/query/dev-a/1m", {"limit": "ten"}),
+        ("/query/dev-a/1m", {"metric": "a b"}),
+        ("/query/dev-a/1m", {"cursor": "%%%"}),
+        ("/query/dev-a/all", {"cursor": "bm90IGEgY3Vyc29y"}),
+    ],
+)
+def test_bad_input_is_4xx_json(client: TestClient, path: str, params: dict[str, str]) -> None:
+    response = get(client, path, token(), **params)
+    assert response.status_code in (400, 422), response.text
+    assert "detail" in response.json()
+
+
+def test_defaults_are_the_last_hour_and_the_last_week(client: TestClient, repo: FakeRepository) -> None:
+    get(client, "/query/dev-a/1m", token())
+    get(client, "/query/dev-a/1h", token())
+    (_, _, minute, *_), (_, _, hour, *_) = repo.calls
+    assert minute.end_ms - minute.start_ms == 3_600_000
+    assert hour.end_ms - hour.start_ms == 7 * 86_400_000
+
+
+def test_times_as_rfc3339_or_epoch_ms(client: TestClient, repo: FakeRepository) -> None:
+    response = get(
+        client, "/query/dev-a/1m", token(), **{"from": "2025-11-24T16:00:00+01:00", "to": "1764000000000"}
+    )
+    assert response.status_code == 200
+    span = repo.calls[-1][2]
+    assert (span.start_ms, span.end_ms) == (1763996400000, 1764000000000)
+
+
+def test_next_cursor_is_returned_and_accepted(client: TestClient, repo: FakeRepository) -> None:
+    first = get(client, "/query/dev-a/1m", token(), limit="1").json()
+    assert first["next"]
+    get(client, "/query/dev-a/1m", token(), limit="1", cursor=first["next"])
+    assert repo.calls[-1][5] == Cursor(1, "temperature")
+
+
+def test_health_metrics_and_docs_need_no_token(client: TestClient) -> None:
+    health = client.get("/health")
+    assert health.status_code == 200
+    assert health.json()["dependencies"]["keycloak"]["status"] == "up"
+    assert 'query_api_requests_total{method="GET",route="/health",status="200"}' in (
+        client.get("/metrics").text
+    )
+    schema = client.get("/openapi.json").json()
+    assert "HTTPBearer" in schema["components"]["securitySchemes"]
+    assert client.get("/docs").status_code == 200
+
+
+def test_health_is_503_when_keycloak_is_down(repo: FakeRepository) -> None:
+    async def down() -> dict[str, Any]:
+        raise ConnectionError("refused")
+
+    with TestClient(create_app(SETTINGS, repository=repo, jwks_fetcher=down)) as client:
+        response = client.get("/health")
+        assert response.status_code == 503
+        assert response.json()["dependencies"]["keycloak"]["status"] == "down"
+        # No keys at all: a token cannot be checked, which is the server's problem, not the caller's.
+        assert get(client, "/query/dev-a/1m", token()).status_code == 503
