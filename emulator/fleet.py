@@ -1,0 +1,297 @@
+"""A fleet of emulated devices in one asyncio process: provision, connect, publish, drain, report."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from emulator.device import DeviceClient, Signals, Stats
+from gateway import pki
+from gateway.contract import telemetry_payload
+
+log = logging.getLogger(__name__)
+
+# Payloads the bridge must dead-letter (one per contract rule family), rotated through.
+MALFORMED = [
+    b"not json",
+    b'{"metrics": {"temperature": 1.0}}',
+    b'{"ts": "yesterday", "metrics": {"temperature": 1.0}}',
+    b'{"ts": 1, "metrics": {}}',
+    b'{"ts": 1764000000000, "metrics": {"temperature": NaN}}',
+    b"[1, 2, 3]",
+]
+
+
+@dataclass
+class FleetConfig:
+    """What to emulate. Shares are probabilities per reading (0..1)."""
+
+    pki_dir: Path
+    devices: int = 50
+    rate: float = 1.0  # readings per second per device; 0 = as fast as the window allows
+    duration_s: float = 0.0  # 0 = until stopped (or `count` readings)
+    count: int | None = None  # readings per device; default duration_s * rate
+    tenant: str = "tenant-a"
+    prefix: str = "dev"
+    first_index: int = 0
+    host: str = "localhost"
+    port: int = 8883
+    out_of_order: float = 0.0
+    late: float = 0.0
+    duplicate: float = 0.0
+    malformed: float = 0.0
+    window: int = 100
+    connect_concurrency: int = 64
+    keepalive_s: int = 60
+    drain_timeout_s: float = 30.0
+    progress_interval_s: float = 2.0
+    seed: int | None = None
+    # Provisioning registers new devices in the registry; set to None for MQTT-only runs.
+    register: Callable[[str, str], None] | None = None
+
+    def device_ids(self) -> list[str]:
+        return [f"{self.prefix}-{i:05d}" for i in range(self.first_index, self.first_index + self.devices)]
+
+    def readings_per_device(self) -> int | None:
+        if self.count is not None:
+            return self.count
+        if self.duration_s > 0 and self.rate > 0:
+            return max(1, round(self.duration_s * self.rate))
+        return None
+
+
+@dataclass
+class FleetResult:
+    devices: int
+    connected: int
+    sent: int
+    acked: int
+    unacked: int
+    resent: int
+    connect_errors: int
+    disconnects: int
+    connect_s: float
+    publish_s: float
+    kinds: dict[str, int] = field(default_factory=dict)
+    last_error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.unacked == 0 and self.connected == self.devices
+
+    @property
+    def ack_rate(self) -> float:
+        return self.acked / self.publish_s if self.publish_s > 0 else 0.0
+
+    def summary(self) -> str:
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(self.kinds.items()))
+        return (
+            f"devices {self.devices}, connected {self.connected} in {self.connect_s:.1f}s; "
+            f"sent {self.sent}, acknowledged {self.acked}, unacknowledged {self.unacked}, "
+            f"resent {self.resent}; {self.ack_rate:.0f} acks/s over {self.publish_s:.1f}s; "
+            f"connect errors {self.connect_errors}, disconnects {self.disconnects}"
+            + (f"; {kinds}" if kinds else "")
+            + (f"; last error: {self.last_error}" if self.last_error else "")
+        )
+
+
+def raise_nofile_limit() -> int:
+    """Up to the hard limit: one descriptor per device connection."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = 1_048_576 if hard == resource.RLIM_INFINITY else hard
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        return target
+    return soft
+
+
+def provision(config: FleetConfig) -> dict[str, pki.Identity]:
+    """Certificates for every device, issuing (and registering) the missing ones."""
+    identities: dict[str, pki.Identity] = {}
+    issued = 0
+    pki.ensure_ca(config.pki_dir)
+    for device_id in config.device_ids():
+        identity = pki.device_paths(config.pki_dir, device_id)
+        if not (identity.cert.exists() and identity.key.exists()):
+            if config.register is not None:
+                config.register(device_id, config.tenant)
+            else:
+                pki.issue_device(config.pki_dir, device_id)
+            issued += 1
+        identities[device_id] = identity
+    if issued:
+        log.info("provisioned %d new device certificates under %s", issued, config.pki_dir)
+    return identities
+
+
+class _Device:
+    """Schedules one device's readings and the injected faults."""
+
+    def __init__(self, client: DeviceClient, config: FleetConfig, rng: random.Random) -> None:
+        self.client = client
+        self._config = config
+        self._rng = rng
+        self._signals = Signals(rng)
+        # Epoch ms at start: seq keeps increasing across emulator restarts (below 1000/s).
+        self._seq = int(time.time() * 1000)
+        self._malformed = rng.randrange(len(MALFORMED))
+
+    async def run(self, stats: Stats, stop: asyncio.Event, readings: int | None) -> None:
+        config, rng = self._config, self._rng
+        interval = 1.0 / config.rate if config.rate > 0 else 0.0
+        loop = asyncio.get_running_loop()
+        # A random phase so a fleet does not publish in lockstep.
+        due = loop.time() + rng.uniform(0.0, interval)
+        sent = 0
+        while not stop.is_set() and (readings is None or sent < readings):
+            delay = due - loop.time()
+            if delay > 0:
+                try:
+                    await asyncio.wait_for(stop.wait(), delay)
+                    break
+                except TimeoutError:
+                    pass
+            await self._publish_one(stats)
+            sent += 1
+            due += interval
+
+    async def _publish_one(self, stats: Stats) -> None:
+        config, rng = self._config, self._rng
+        now_ms = int(time.time() * 1000)
+        kind = "reading"
+        if config.late and rng.random() < config.late:
+            kind, now_ms = "late", now_ms - int(rng.uniform(1.0, 6.0) * 3_600_000)
+        elif config.out_of_order and rng.random() < config.out_of_order:
+            kind, now_ms = "out_of_order", now_ms - int(rng.uniform(0.5, 10.0) * 1000)
+        self._seq += 1
+        payload = telemetry_payload(now_ms, self._signals.next(), seq=self._seq)
+        await self.client.publish(payload)
+        stats.count(kind)
+        if config.duplicate and rng.random() < config.duplicate:
+            await self.client.publish(payload)
+            stats.count("duplicate")
+        if config.malformed and rng.random() < config.malformed:
+            self._malformed = (self._malformed + 1) % len(MALFORMED)
+            await self.client.publish(MALFORMED[self._malformed])
+            stats.count("malformed")
+
+
+async def _progress(stats: Stats, total: int, interval_s: float) -> None:
+    last_acked, last_time = 0, time.monotonic()
+    while True:
+        await asyncio.sleep(interval_s)
+        now = time.monotonic()
+        rate = (stats.acked - last_acked) / (now - last_time)
+        last_acked, last_time = stats.acked, now
+        log.info(
+            "connected %d/%d  sent %d  acked %d  (%.0f/s)  unacked %d  errors %d",
+            stats.connected, total, stats.sent, stats.acked, rate, stats.sent - stats.acked,
+            stats.connect_errors + stats.disconnects,
+        )
+
+
+async def _keepalive(devices: list[_Device], keepalive_s: int) -> None:
+    """PINGREQ for devices idle for half their keepalive (slow rates), so the broker keeps them."""
+    while True:
+        await asyncio.sleep(max(1.0, keepalive_s / 4))
+        threshold = time.monotonic() - keepalive_s / 2
+        for device in devices:
+            if device.client.last_write < threshold:
+                device.client.ping()
+
+
+async def _until_done_or_stopped(
+    tasks: list[asyncio.Task[object]], stop: asyncio.Event, grace_s: float
+) -> None:
+    """All devices finished their readings, or a stop: then give blocked publishers a grace period."""
+    stopper: asyncio.Task[object] = asyncio.create_task(stop.wait())
+    try:
+        pending: set[asyncio.Task[object]] = set(tasks)
+        while pending and not stop.is_set():
+            _, pending = await asyncio.wait(
+                [*pending, stopper], return_when=asyncio.FIRST_COMPLETED
+            )
+            pending.discard(stopper)
+        if pending:
+            _, pending = await asyncio.wait(pending, timeout=grace_s)
+            for task in pending:
+                task.cancel()
+        for task in tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+    finally:
+        stopper.cancel()
+
+
+async def _drain(devices: list[_Device], timeout_s: float) -> None:
+    """Wait for the outstanding PUBACKs (a device without a connection keeps its messages)."""
+    try:
+        await asyncio.wait_for(
+            asyncio.gather(*(device.client.drain() for device in devices)), timeout_s
+        )
+    except TimeoutError:
+        log.warning("%d messages still unacknowledged after %.0fs",
+                    sum(device.client.inflight for device in devices), timeout_s)
+
+
+async def run_fleet(config: FleetConfig, stop: asyncio.Event | None = None) -> FleetResult:
+    """Provision, connect every device (each starts publishing once connected), publish, drain."""
+    stop = stop or asyncio.Event()
+    raise_nofile_limit()
+    identities = await asyncio.to_thread(provision, config)
+    stats = Stats()
+    seeder = random.Random(config.seed)
+    devices = [
+        _Device(
+            DeviceClient(device_id, identities[device_id], config.host, config.port, stats,
+                         window=config.window, keepalive_s=config.keepalive_s),
+            config, random.Random(seeder.random()),
+        )
+        for device_id in config.device_ids()
+    ]
+    readings = config.readings_per_device()
+    gate = asyncio.Semaphore(config.connect_concurrency)
+    started = time.monotonic()
+    marks = {"connected": started, "first_publish": 0.0}
+
+    async def device_main(device: _Device) -> None:
+        # Bounded concurrent handshakes: Mosquitto's listen backlog is 100.
+        async with gate:
+            await device.client.connect_with_retry(stop)
+        marks["connected"] = time.monotonic()
+        if not marks["first_publish"]:
+            marks["first_publish"] = marks["connected"]
+        await device.run(stats, stop, readings)
+
+    background = [
+        asyncio.create_task(_progress(stats, len(devices), config.progress_interval_s)),
+        asyncio.create_task(_keepalive(devices, config.keepalive_s)),
+    ]
+    tasks: list[asyncio.Task[object]] = [
+        asyncio.create_task(device_main(device)) for device in devices
+    ]
+    try:
+        await _until_done_or_stopped(tasks, stop, config.drain_timeout_s)
+        await _drain(devices, config.drain_timeout_s)
+    finally:
+        ended = time.monotonic()
+        for task in [*background, *tasks]:
+            task.cancel()
+        connected = stats.connected
+        for device in devices:
+            device.client.close()
+        await asyncio.sleep(0.1)  # let the transports write DISCONNECT
+    return FleetResult(
+        devices=len(devices), connected=connected, sent=stats.sent, acked=stats.acked,
+        unacked=stats.sent - stats.acked, resent=stats.resent,
+        connect_errors=stats.connect_errors, disconnects=stats.disconnects,
+        connect_s=marks["connected"] - started,
+        publish_s=ended - marks["first_publish"] if marks["first_publish"] else 0.0,
+        kinds=dict(stats.kinds), last_error=stats.last_error,
+    )
