@@ -1,0 +1,251 @@
+"""The MQTT edge against the real Mosquitto: mTLS identity, per-device ACL, CRL, the emulator."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from emulator.fleet import FleetConfig, run_fleet
+from emulator.mqtt import connect_packet
+from gateway import pki, topics
+from stack.config import StackSettings
+from stack.services.mosquitto import reload
+
+pytestmark = pytest.mark.integration
+
+Services = Callable[..., AbstractContextManager[StackSettings]]
+
+
+@pytest.fixture(scope="session")
+def mqtt_settings(services: Services) -> Iterator[StackSettings]:
+    with services({"mosquitto"}) as settings:
+        yield settings
+
+
+@pytest.fixture
+def prefix() -> str:
+    """Unique device ids per test, so tests never see each other's traffic."""
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+def _context(identity: pki.Identity | None, ca: Path) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(ca))
+    if identity is not None:
+        context.load_cert_chain(str(identity.cert), str(identity.key))
+    return context
+
+
+def connack_code(settings: StackSettings, identity: pki.Identity | None) -> int | None:
+    """CONNACK return code of a raw MQTT 3.1.1 connect, None when the broker refused the TLS peer.
+
+    With TLS 1.3 the client's handshake completes before the server checks the client
+    certificate; the refusal arrives as an alert (or EOF) on the first read.
+    """
+    context = _context(identity, pki.ca_paths(settings.pki_dir)[0])
+    try:
+        with socket.create_connection(("localhost", settings.mqtt_port), timeout=5) as raw, \
+                context.wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(connect_packet(f"probe-{uuid.uuid4().hex[:8]}", 10))
+            data = tls.recv(4)
+    except (ssl.SSLError, ConnectionError):
+        return None
+    if len(data) < 4:
+        return None
+    return data[3]
+
+
+def _client(identity: pki.Identity, client_id: str) -> mqtt.Client:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                         protocol=mqtt.MQTTv5)
+    client.tls_set(ca_certs=str(identity.ca), certfile=str(identity.cert),
+                   keyfile=str(identity.key))
+    return client
+
+
+class Collector:
+    """An MQTT 5 subscriber (e.g. the operator) recording what it receives."""
+
+    def __init__(self, settings: StackSettings, identity: pki.Identity, topic: str) -> None:
+        self.messages: list[tuple[str, bytes]] = []
+        self.suback: list[ReasonCode] = []
+        self._subscribed = threading.Event()
+        self._lock = threading.Lock()
+        self.client = _client(identity, f"collector-{uuid.uuid4().hex[:8]}")
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_message = self._on_message
+        self.client.connect("localhost", settings.mqtt_port)
+        self.client.loop_start()
+        assert self._subscribed.wait(10), "no SUBACK"
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: object, mid: int,
+                      codes: list[ReasonCode], props: Properties | None) -> None:
+        self.suback = codes
+        self._subscribed.set()
+
+    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            self.messages.append((msg.topic, bytes(msg.payload)))
+
+    def wait_for(self, count: int, timeout_s: float = 15.0) -> int:
+        deadline = time.monotonic() + timeout_s
+        while len(self.messages) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return len(self.messages)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def operator(mqtt_settings: StackSettings) -> Iterator[Callable[[str], Collector]]:
+    made: list[Collector] = []
+
+    def subscribe(topic: str) -> Collector:
+        made.append(Collector(mqtt_settings, pki.operator_identity(mqtt_settings.pki_dir), topic))
+        return made[-1]
+
+    yield subscribe
+    for collector in made:
+        collector.close()
+
+
+def publish_v5(settings: StackSettings, identity: pki.Identity, topic: str,
+               payload: bytes) -> ReasonCode | str:
+    """QoS-1 publish under MQTT 5: the PUBACK reason code, or why there was none."""
+    client = _client(identity, f"pub-{uuid.uuid4().hex[:8]}")
+    outcome: list[ReasonCode | str] = []
+    done = threading.Event()
+
+    def on_publish(c: mqtt.Client, u: object, mid: int, rc: ReasonCode, p: Properties) -> None:
+        outcome.append(rc)
+        done.set()
+
+    def on_disconnect(c: mqtt.Client, u: object, f: object, rc: ReasonCode, p: object) -> None:
+        outcome.append(f"disconnected: {rc}")
+        done.set()
+
+    client.on_publish = on_publish
+    client.on_disconnect = on_disconnect
+    client.connect("localhost", settings.mqtt_port)
+    client.loop_start()
+    try:
+        client.publish(topic, payload, qos=1)
+        assert done.wait(10), "neither PUBACK nor disconnect"
+        return outcome[0]
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def test_operator_certificate_is_accepted(mqtt_settings: StackSettings) -> None:
+    assert connack_code(mqtt_settings, pki.operator_identity(mqtt_settings.pki_dir)) == 0
+
+
+def test_no_certificate_is_refused(mqtt_settings: StackSettings) -> None:
+    assert connack_code(mqtt_settings, None) is None
+
+
+def test_certificate_of_another_ca_is_refused(mqtt_settings: StackSettings,
+                                              tmp_path: Path, prefix: str) -> None:
+    rogue = pki.issue_device(tmp_path / "rogue-pki", f"{prefix}-rogue")
+    # Trust our CA for the server, present the rogue client certificate.
+    identity = pki.Identity(rogue.cert, rogue.key, pki.ca_paths(mqtt_settings.pki_dir)[0])
+    assert connack_code(mqtt_settings, identity) is None
+
+
+def test_revoked_certificate_is_refused(mqtt_settings: StackSettings, prefix: str) -> None:
+    identity = pki.issue_device(mqtt_settings.pki_dir, f"{prefix}-revoked")
+    assert connack_code(mqtt_settings, identity) == 0
+    pki.revoke_certificate(mqtt_settings.pki_dir, identity.cert)
+    assert reload(mqtt_settings), "the test needs the broker's pid to reload the CRL"
+    deadline = time.monotonic() + 10
+    while connack_code(mqtt_settings, identity) is not None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert connack_code(mqtt_settings, identity) is None
+    # Everyone else is unaffected.
+    other = pki.issue_device(mqtt_settings.pki_dir, f"{prefix}-other")
+    assert connack_code(mqtt_settings, other) == 0
+
+
+def test_device_may_publish_only_as_itself(mqtt_settings: StackSettings,
+                                           operator: Callable[[str], Collector],
+                                           prefix: str) -> None:
+    a = pki.issue_device(mqtt_settings.pki_dir, f"{prefix}-a")
+    pki.issue_device(mqtt_settings.pki_dir, f"{prefix}-b")
+    watcher = operator(topics.MQTT_OPERATOR_FILTER)
+    spoofed = publish_v5(mqtt_settings, a, topics.telemetry_topic(f"{prefix}-b"), b'{"x":1}')
+    assert isinstance(spoofed, str) or spoofed.is_failure, spoofed
+    own = publish_v5(mqtt_settings, a, topics.telemetry_topic(f"{prefix}-a"), b'{"own":1}')
+    assert isinstance(own, ReasonCode) and not own.is_failure, own
+    watcher.wait_for(1)
+    time.sleep(0.5)  # the spoofed message would have arrived before the later, legitimate one
+    mine = [t for t, _ in watcher.messages if t.startswith(f"devices/{prefix}-")]
+    assert mine == [topics.telemetry_topic(f"{prefix}-a")]
+
+
+def test_device_may_read_nothing(mqtt_settings: StackSettings,
+                                 operator: Callable[[str], Collector], prefix: str) -> None:
+    # Mosquitto 2.0 grants the SUBACK; its ACL filters every delivery to the device instead.
+    reader = pki.issue_device(mqtt_settings.pki_dir, f"{prefix}-reader")
+    writer = pki.issue_device(mqtt_settings.pki_dir, f"{prefix}-writer")
+    collector = Collector(mqtt_settings, reader, topics.MQTT_OPERATOR_FILTER)
+    watcher = operator(topics.MQTT_OPERATOR_FILTER)
+    try:
+        for topic, identity in ((f"{prefix}-writer", writer), (f"{prefix}-reader", reader)):
+            publish_v5(mqtt_settings, identity, topics.telemetry_topic(topic), b"{}")
+        assert watcher.wait_for(2) >= 2
+        time.sleep(0.3)
+        assert collector.messages == []
+    finally:
+        collector.close()
+
+
+def test_bridge_identity_reads_the_shared_subscription(
+    mqtt_settings: StackSettings, prefix: str
+) -> None:
+    bridge = Collector(mqtt_settings, pki.service_identity(mqtt_settings.pki_dir),
+                       topics.MQTT_BRIDGE_SUBSCRIPTION)
+    try:
+        assert not any(code.is_failure for code in bridge.suback), bridge.suback
+        device = pki.issue_device(mqtt_settings.pki_dir, f"{prefix}-s")
+        publish_v5(mqtt_settings, device, topics.telemetry_topic(f"{prefix}-s"), b"{}")
+        assert bridge.wait_for(1) >= 1
+    finally:
+        bridge.close()
+
+
+def test_emulator_fleet_is_acknowledged_and_seen_by_the_operator(
+    mqtt_settings: StackSettings, operator: Callable[[str], Collector], prefix: str
+) -> None:
+    watcher = operator(topics.MQTT_OPERATOR_FILTER)
+    config = FleetConfig(
+        pki_dir=mqtt_settings.pki_dir, devices=200, rate=5.0, count=5, prefix=prefix,
+        port=mqtt_settings.mqtt_port, progress_interval_s=1.0, seed=1,
+    )
+    result = asyncio.run(run_fleet(config))
+    assert result.ok, result.summary()
+    assert (result.sent, result.acked, result.connected) == (1000, 1000, 200)
+    deadline = time.monotonic() + 20
+    seen: set[tuple[str, bytes]] = set()
+    while time.monotonic() < deadline:
+        seen = {(t, p) for t, p in list(watcher.messages) if t.startswith(f"devices/{prefix}-")}
+        if len(seen) >= 1000:
+            break
+        time.sleep(0.1)
+    assert len(seen) == 1000
+    assert len({t for t, _ in seen}) == 200
