@@ -12,7 +12,7 @@ from stack.config import REPO_ROOT
 
 
 class FlinkJobSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="IOT_FLINK_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="IOT_FLINK_", extra="ignore", populate_by_name=True)
 
     job_name: str = "iot-aggregates"
     rest_url: str = endpoints.FLINK_REST_URL
