@@ -62,20 +62,27 @@ def ensure_services(
     if unknown:
         raise KeyError(f"unknown services {sorted(unknown)}")
     missing = {s.name for s in services if not _answers(s)}
-    started: list[Service] = []
-    try:
-        if missing:
-            log.info("starting %s for the tests", ", ".join(sorted(missing)))
-            try:
-                orchestrator.up(settings, only=missing)
-            finally:
-                # Also on failure: never leave behind what we launched.
-                started = [s for s in services if s.name in missing and _our_children(s)]
-        yield settings
-    finally:
-        for service in reversed(started):
-            log.info("stopping %s started by the tests", service.name)
-            service.stop()
+    if missing:
+        log.info("starting %s for the tests", ", ".join(sorted(missing)))
+        try:
+            orchestrator.up(settings, only=missing)
+        finally:
+            # Also on failure: never leave behind what we launched. Stopped at the end of the
+            # session, not of the block, so later test modules reuse what is already up.
+            _STARTED.extend(s for s in services if s.name in missing and _our_children(s))
+    yield settings
+
+
+_STARTED: list[Service] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_what_the_tests_started() -> Iterator[None]:
+    yield
+    for service in reversed(_STARTED):
+        log.info("stopping %s started by the tests", service.name)
+        service.stop()
+    _STARTED.clear()
 
 
 @pytest.fixture(scope="session")
