@@ -7,9 +7,11 @@ command we started (pids are reused), so `iot down` never touches anything it di
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -82,11 +84,19 @@ def is_running(spec: ProcessSpec) -> bool:
 
 def start(spec: ProcessSpec) -> int:
     """Start the process detached (own session, output to its log); no-op if already running."""
-    existing = read_pid(spec)
-    if existing is not None:
-        log.info("%s already running (pid %d)", spec.name, existing)
-        return existing
     spec.run_dir.mkdir(parents=True, exist_ok=True)
+    # Two `iot up` / test sessions racing must not both launch: the loser's process would die on
+    # the port and take the pid file with it, orphaning the winner. Check-and-launch under a lock.
+    with open(spec.run_dir / f"{spec.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        existing = read_pid(spec)
+        if existing is not None:
+            log.info("%s already running (pid %d)", spec.name, existing)
+            return existing
+        return _launch(spec)
+
+
+def _launch(spec: ProcessSpec) -> int:
     spec.log_file.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **spec.env}
     with open(spec.log_file, "ab") as out:
@@ -188,3 +198,12 @@ def resident_memory_bytes(pid: int) -> int:
 def require(condition: bool, message: str) -> None:
     if not condition:
         raise StackError(message)
+
+
+def listening(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something accepts TCP connections on the port (ours or not)."""
+    try:
+        socket.create_connection((host, port), timeout=1.0).close()
+    except OSError:
+        return False
+    return True

@@ -20,7 +20,7 @@ from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, S
 from cassandra.policies import RoundRobinPolicy
 
 from gateway import endpoints
-from stack import artifacts
+from stack import artifacts, process
 from stack.errors import StackError
 from stack.process import ProcessSpec
 from stack.service import NotReady, Service
@@ -203,6 +203,18 @@ class CassandraService(Service):
             "-cp", artifacts.classpath(s, self.name),
             "org.apache.cassandra.service.CassandraDaemon",
         ]
+
+    def start(self) -> None:
+        # A process we did not start holds our ports: launching would only fail later, less clearly.
+        if not self.running():
+            ports = (self.settings.cassandra_port, self.settings.cassandra_storage_port)
+            busy = [port for port in ports if process.listening(port)]
+            if busy:
+                raise StackError(
+                    f"{self.name}: port(s) {busy} already in use by a process this stack did not "
+                    "start (no pid file under {self.settings.run_dir}); stop it or change the port"
+                )
+        super().start()
 
     def processes(self) -> list[ProcessSpec]:
         # Flushing memtables on SIGTERM can take a while; give it time before SIGKILL.

@@ -19,7 +19,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from gateway import topics
-from stack import artifacts
+from stack import artifacts, process
 from stack.errors import StackError
 from stack.process import ProcessSpec
 from stack.service import NotReady, Service
@@ -181,6 +181,18 @@ class KafkaService(Service):
             f"-Dkafka.logs.dir={self.settings.log_dir}",
             "-cp", artifacts.classpath(self.settings, self.name),
         ]
+
+    def start(self) -> None:
+        # A process we did not start holds our ports: launching would only fail later, less clearly.
+        if not self.running():
+            ports = (self.settings.kafka_port, self.settings.kafka_controller_port)
+            busy = [port for port in ports if process.listening(port)]
+            if busy:
+                raise StackError(
+                    f"{self.name}: port(s) {busy} already in use by a process this stack did not "
+                    "start (no pid file under {self.settings.run_dir}); stop it or change the port"
+                )
+        super().start()
 
     def processes(self) -> list[ProcessSpec]:
         argv = [*self._java(), "kafka.Kafka", str(self.config_file)]
