@@ -19,7 +19,7 @@ from bridge.http import serve
 from bridge.kafka_sink import KafkaSink
 from bridge.metrics import BridgeMetrics
 from bridge.mqtt_source import MqttSource
-from bridge.tenants import CachedTenants, CassandraTenants
+from bridge.tenants import RegistryTenants
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +32,10 @@ async def run(settings: BridgeSettings, stop: asyncio.Event | None = None) -> in
     log.info("bridge settings: %s", settings.model_dump_json())
 
     metrics = BridgeMetrics()
-    loader = CassandraTenants(
-        settings.cassandra_hosts.split(","), settings.cassandra_port, settings.cassandra_keyspace
+    tenants = RegistryTenants(
+        settings.cassandra_hosts.split(","), settings.cassandra_port, settings.cassandra_keyspace,
+        settings.bridge_unknown_device_ttl_s,
     )
-    tenants = CachedTenants(loader, settings.bridge_unknown_device_ttl_s)
     sink = KafkaSink(settings.producer_config())
     sink.on_delivery_error = lambda name: metrics.delivery_errors.labels(error=name).inc()
     metrics.kafka_up.set_function(lambda: 1.0 if sink.brokers_up else 0.0)
@@ -57,6 +57,7 @@ async def run(settings: BridgeSettings, stop: asyncio.Event | None = None) -> in
         settings.bridge_metrics_host, settings.bridge_metrics_port, metrics.registry, health
     )
     sink.start()
+    await asyncio.to_thread(tenants.preload)
     exit_code = 0
     try:
         source.start()
@@ -73,7 +74,7 @@ async def run(settings: BridgeSettings, stop: asyncio.Event | None = None) -> in
         source.pause()
         remaining = await asyncio.to_thread(sink.close, settings.bridge_flush_timeout_s)
         await asyncio.to_thread(source.stop)
-        loader.close()
+        tenants.close()
         server.close()
         await server.wait_closed()
         log.info("bridge stopped (%d records left unconfirmed, unacknowledged)", remaining)

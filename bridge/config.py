@@ -35,8 +35,10 @@ class BridgeSettings(BaseSettings):
     bridge_keepalive_s: int = 30
     bridge_reconnect_min_s: float = 0.5
     bridge_reconnect_max_s: float = 30.0
-    # Mosquitto's $SYS counters (the bridge needs read on $SYS/# in the ACL).
-    bridge_sys_dropped_topic: str = "$SYS/broker/publish/messages/dropped"
+    # Mosquitto's $SYS counters (the bridge needs read on $SYS/# in the ACL). Mosquitto 2.0
+    # publishes `dropped` only once it is non-zero, so its siblings are read too: seeing them
+    # while `dropped` was never published means 0 dropped.
+    bridge_sys_messages_filter: str = "$SYS/broker/publish/messages/+"
 
     kafka_bootstrap: str = endpoints.KAFKA_BOOTSTRAP
     bridge_readings_topic: str = topics.KAFKA_READINGS

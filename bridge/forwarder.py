@@ -14,9 +14,10 @@ from typing import Protocol
 
 from bridge.kafka_sink import Record
 from bridge.metrics import BridgeMetrics
-from bridge.tenants import TenantLookup, TenantLookupError
+from bridge.tenants import TenantLookup
 from bridge.tracker import AckTracker, Ticket
 from gateway.contract import InvalidTelemetry, Reason, parse_telemetry
+from gateway.registry import RegistryError
 from gateway.topics import device_id_from_topic
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ class Forwarder:
         while True:
             try:
                 return self._tenants.tenant_of(device_id)
-            except TenantLookupError as exc:
+            except RegistryError as exc:
                 log.warning("tenant of %s unknown for now, retrying in %.1fs: %s",
                             device_id, delay, exc)
                 time.sleep(delay)
@@ -94,7 +95,8 @@ class Forwarder:
         received_at: int,
     ) -> None:
         device_id = device_id_from_topic(topic)
-        log.info("dead-lettering message on %s: %s", topic[:120], exc)
+        # Debug: a misbehaving fleet must not flood the log; the DLQ counter has the totals.
+        log.debug("dead-lettering message on %s: %s", topic[:120], exc)
         self._sink.produce(
             Record(
                 topic=self._dlq_topic,

@@ -29,6 +29,8 @@ from bridge.tracker import AckTracker
 
 log = logging.getLogger(__name__)
 
+SYS_DROPPED = "$SYS/broker/publish/messages/dropped"
+
 
 class MqttSource:
     def __init__(
@@ -42,6 +44,8 @@ class MqttSource:
         self._disconnected = threading.Event()
         self.connected = False
         self.connections = 0
+        self.broker_dropped = 0.0
+        self._sys_dropped_seen = False
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=settings.bridge_client_id,
@@ -113,7 +117,7 @@ class MqttSource:
         # Subscribing again is harmless when the session kept the subscription, and needed when
         # the session expired.
         client.subscribe(self._settings.bridge_subscription, qos=1)
-        client.subscribe(self._settings.bridge_sys_dropped_topic, qos=0)
+        client.subscribe(self._settings.bridge_sys_messages_filter, qos=0)
 
     def _send_ack(self, mid: int) -> None:
         self._client.ack(mid, 1)
@@ -155,11 +159,16 @@ class MqttSource:
         self._forwarder.handle(tracker if msg.qos > 0 else None, topic, msg.payload, msg.mid)
 
     def _on_sys(self, topic: str, payload: bytes | bytearray) -> None:
-        if topic == self._settings.bridge_sys_dropped_topic:
-            try:
-                dropped = float(payload)
-            except ValueError:
-                return
-            self._metrics.broker_dropped.set(dropped)
-            if dropped > 0:
-                log.error("Mosquitto dropped %d queued messages (%s)", dropped, topic)
+        if topic != SYS_DROPPED:
+            if not self._sys_dropped_seen:
+                self._metrics.broker_dropped.set(0)  # $SYS is readable, dropped never published
+            return
+        try:
+            dropped = float(payload)
+        except ValueError:
+            return
+        self._sys_dropped_seen = True
+        if dropped != self.broker_dropped:
+            log.error("Mosquitto has dropped %d queued messages in total (%s)", dropped, topic)
+        self.broker_dropped = dropped
+        self._metrics.broker_dropped.set(dropped)

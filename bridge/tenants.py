@@ -1,91 +1,61 @@
-"""Device -> tenant, read from the registry (Cassandra iot.devices) and cached.
+"""Device -> tenant for the hot path: gateway.registry's TenantCache over its DeviceRegistry.
 
-A device's tenant is fixed when it is provisioned, so a hit is cached for good; a miss (a device
-not provisioned yet, or never) is re-read at most every `unknown_ttl_s`, so a newly provisioned
-device is recognised quickly and an unknown one cannot hammer Cassandra.
+The Cassandra session is opened lazily, on the first lookup, so the bridge starts (and its health
+endpoint says what is missing) while Cassandra is still coming up. Lookups raise
+gateway.registry.RegistryError when Cassandra cannot answer; the forwarder then holds the message.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
-from collections.abc import Callable
 from typing import Any, Protocol
+
+from gateway.registry import DeviceRegistry, RegistryError, TenantCache, connect
 
 log = logging.getLogger(__name__)
 
 
-class TenantLookupError(Exception):
-    """The registry could not be asked (not: the device is unknown)."""
-
-
 class TenantLookup(Protocol):
-    def tenant_of(self, device_id: str) -> str | None: ...
-
-
-class CachedTenants:
-    def __init__(
-        self,
-        load: Callable[[str], str | None],
-        unknown_ttl_s: float = 5.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._load = load
-        self._unknown_ttl_s = unknown_ttl_s
-        self._clock = clock
-        self._known: dict[str, str] = {}
-        self._unknown: dict[str, float] = {}
-        self._lock = threading.Lock()
-
     def tenant_of(self, device_id: str) -> str | None:
-        tenant = self._known.get(device_id)
-        if tenant is not None:
-            return tenant
-        now = self._clock()
-        checked = self._unknown.get(device_id)
-        if checked is not None and now - checked < self._unknown_ttl_s:
-            return None
-        tenant = self._load(device_id)
-        with self._lock:
-            if tenant is None:
-                if len(self._unknown) > 100_000:  # bound the memory an id-spraying client can use
-                    self._unknown.clear()
-                self._unknown[device_id] = now
-            else:
-                self._known[device_id] = tenant
-                self._unknown.pop(device_id, None)
-        return tenant
+        """The device's tenant, None if it is not provisioned; RegistryError if unknowable now."""
+        ...
 
 
-class CassandraTenants:
-    """Loads one device's tenant from iot.devices; opens its session lazily, on first use."""
-
-    def __init__(self, hosts: list[str], port: int, keyspace: str) -> None:
+class RegistryTenants:
+    def __init__(self, hosts: list[str], port: int, keyspace: str, negative_ttl_s: float) -> None:
         self._hosts = hosts
         self._port = port
         self._keyspace = keyspace
+        self._lock = threading.Lock()
         self._session: Any = None
-        self._statement: Any = None
-        self._cluster: Any = None
+        self._registry: DeviceRegistry | None = None
+        self._cache = TenantCache(self._load, negative_ttl_s)
 
-    def _connect(self) -> None:
-        from cassandra.cluster import Cluster
+    def _open(self) -> DeviceRegistry:
+        with self._lock:
+            if self._registry is None:
+                self._session = connect(self._hosts, self._port)
+                self._registry = DeviceRegistry(self._session, self._keyspace)
+                log.info("device registry open (%s.%s)", self._keyspace, "devices")
+            return self._registry
 
-        cluster = Cluster(self._hosts, port=self._port)
-        session = cluster.connect(self._keyspace)
-        self._statement = session.prepare("SELECT tenant FROM devices WHERE device_id = ?")
-        self._cluster, self._session = cluster, session
+    def _load(self, device_id: str) -> str | None:
+        return self._open().get_tenant(device_id)
 
-    def __call__(self, device_id: str) -> str | None:
+    def tenant_of(self, device_id: str) -> str | None:
+        return self._cache.get(device_id)
+
+    def preload(self) -> None:
+        """Warm the cache with every provisioned device; a failure only costs the first misses."""
         try:
-            if self._session is None:
-                self._connect()
-            row = self._session.execute(self._statement, (device_id,)).one()
-        except Exception as exc:  # the driver's errors have no common base (NoHostAvailable...)
-            raise TenantLookupError(f"registry lookup of {device_id!r} failed: {exc}") from exc
-        return None if row is None else str(row.tenant)
+            devices = self._open().list()
+        except RegistryError as exc:
+            log.warning("could not preload device tenants: %s", exc)
+            return
+        self._cache.preload(devices)
+        log.info("preloaded the tenants of %d devices", len(devices))
 
     def close(self) -> None:
-        if self._cluster is not None:
-            self._cluster.shutdown()
+        if self._session is not None:
+            self._session.cluster.shutdown()

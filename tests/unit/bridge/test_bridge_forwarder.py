@@ -10,12 +10,20 @@ import pytest
 from bridge.forwarder import Forwarder
 from bridge.kafka_sink import Record
 from bridge.metrics import BridgeMetrics
-from bridge.tenants import CachedTenants, TenantLookupError
 from bridge.tracker import AckTracker
 from gateway.contract import Reason, telemetry_payload
+from gateway.registry import RegistryUnavailable
 from gateway.topics import KAFKA_DLQ, KAFKA_READINGS, telemetry_topic
 
 NOW_MS = 1_764_000_000_000
+
+
+class DictTenants:
+    def __init__(self, tenants: dict[str, str]) -> None:
+        self.tenants = tenants
+
+    def tenant_of(self, device_id: str) -> str | None:
+        return self.tenants.get(device_id)
 
 
 class FakeSink:
@@ -34,7 +42,7 @@ def make(tenants: dict[str, str]) -> tuple[Forwarder, FakeSink, BridgeMetrics]:
     sink = FakeSink()
     metrics = BridgeMetrics()
     forwarder = Forwarder(
-        sink, CachedTenants(tenants.get), metrics, KAFKA_READINGS, KAFKA_DLQ,
+        sink, DictTenants(tenants), metrics, KAFKA_READINGS, KAFKA_DLQ,
         wall_clock=lambda: NOW_MS / 1000,
     )
     return forwarder, sink, metrics
@@ -97,39 +105,21 @@ def test_unknown_device_goes_to_the_dlq() -> None:
     assert dict(record.headers or [])["reason"] == Reason.UNKNOWN_DEVICE.value.encode()
 
 
-def test_tenant_cache_rereads_an_unknown_device_only_after_its_ttl() -> None:
-    registry: dict[str, str] = {}
-    calls: list[str] = []
-    clock = [0.0]
-
-    def load(device_id: str) -> str | None:
-        calls.append(device_id)
-        return registry.get(device_id)
-
-    cache = CachedTenants(load, unknown_ttl_s=5.0, clock=lambda: clock[0])
-    assert cache.tenant_of("d") is None
-    registry["d"] = "tenant-b"
-    assert cache.tenant_of("d") is None  # still within the negative TTL
-    clock[0] = 6.0
-    assert cache.tenant_of("d") == "tenant-b"
-    assert cache.tenant_of("d") == "tenant-b"
-    assert calls == ["d", "d"]
-
-
 def test_registry_outage_holds_the_message_instead_of_dead_lettering_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    failures = [2]
+    class FlakyTenants:
+        failures = 2
 
-    def load(device_id: str) -> str | None:
-        if failures[0]:
-            failures[0] -= 1
-            raise TenantLookupError("cassandra down")
-        return "tenant-a"
+        def tenant_of(self, device_id: str) -> str | None:
+            if self.failures:
+                self.failures -= 1
+                raise RegistryUnavailable("cassandra down")
+            return "tenant-a"
 
     monkeypatch.setattr(time, "sleep", lambda s: None)
     sink = FakeSink()
-    forwarder = Forwarder(sink, CachedTenants(load), BridgeMetrics(), KAFKA_READINGS, KAFKA_DLQ)
+    forwarder = Forwarder(sink, FlakyTenants(), BridgeMetrics(), KAFKA_READINGS, KAFKA_DLQ)
     payload = telemetry_payload(int(time.time() * 1000), {"t": 1.0})
     forwarder.handle(None, telemetry_topic("dev-1"), payload, 1)
     [record] = sink.records
