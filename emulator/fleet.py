@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from emulator.device import DeviceClient, Signals, Stats
+from emulator.device import DeviceClient, Signals, Stats, limit_tls_read_buffers
 from gateway import pki
 from gateway.contract import telemetry_payload
 
@@ -70,6 +70,7 @@ class FleetConfig:
 class FleetResult:
     devices: int
     connected: int
+    peak_connected: int
     sent: int
     acked: int
     unacked: int
@@ -244,6 +245,7 @@ async def run_fleet(config: FleetConfig, stop: asyncio.Event | None = None) -> F
     """Provision, connect every device (each starts publishing once connected), publish, drain."""
     stop = stop or asyncio.Event()
     raise_nofile_limit()
+    limit_tls_read_buffers()
     identities = await asyncio.to_thread(provision, config)
     stats = Stats()
     seeder = random.Random(config.seed)
@@ -288,7 +290,8 @@ async def run_fleet(config: FleetConfig, stop: asyncio.Event | None = None) -> F
             device.client.close()
         await asyncio.sleep(0.1)  # let the transports write DISCONNECT
     return FleetResult(
-        devices=len(devices), connected=connected, sent=stats.sent, acked=stats.acked,
+        devices=len(devices), connected=connected, peak_connected=stats.peak_connected,
+        sent=stats.sent, acked=stats.acked,
         unacked=stats.sent - stats.acked, resent=stats.resent,
         connect_errors=stats.connect_errors, disconnects=stats.disconnects,
         connect_s=marks["connected"] - started,
