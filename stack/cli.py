@@ -34,6 +34,9 @@ def configure_logging(verbose: bool = False) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # Client libraries log every request at INFO; keep the runner's output to its own events.
+    for noisy in ("httpx", "httpcore", "cassandra", "kafka"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _cmd_up(args: argparse.Namespace) -> int:

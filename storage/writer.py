@@ -45,6 +45,10 @@ class AggregatesWriter:
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
                 "isolation.level": "read_committed",
+                "reconnect.backoff.ms": 500,
+                "reconnect.backoff.max.ms": 10_000,
+                # librdkafka's own lines go through logging instead of raw stderr.
+                "logger": logging.getLogger("storage.kafka"),
             }
         )
         self._cluster, self._session = connect(
