@@ -190,7 +190,7 @@ class KafkaService(Service):
             if busy:
                 raise StackError(
                     f"{self.name}: port(s) {busy} already in use by a process this stack did not "
-                    "start (no pid file under {self.settings.run_dir}); stop it or change the port"
+                    f"start (no pid file under {self.settings.run_dir}); stop it or change the port"
                 )
         super().start()
 
