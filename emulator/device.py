@@ -213,4 +213,5 @@ class DeviceClient:
         if protocol is not None and protocol.transport is not None:
             with contextlib.suppress(MqttError):
                 protocol.write(DISCONNECT_PACKET)
+                protocol.flush()
             protocol.transport.close()

@@ -1,0 +1,199 @@
+"""The MQTT edge: concurrent TLS device connections one emulator process holds, and the rate of
+acknowledged QoS-1 publishes through Mosquitto, next to `mosquitto_pub` as the baseline (same run).
+
+`python -m bench.mqtt_edge [--devices 10000] [--messages 200000]`; `run()` returns the figures.
+Starts Mosquitto through the stack runner when it is not running, and stops it again then.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from emulator.fleet import FleetConfig, FleetResult, raise_nofile_limit, run_fleet
+from gateway import pki, topics
+from gateway.contract import telemetry_payload
+from stack import orchestrator, process
+from stack.config import StackSettings
+from stack.service import NotReady
+from stack.services.mosquitto import MosquittoService
+
+log = logging.getLogger("bench.mqtt_edge")
+
+
+def _rss_mib(pid: int | None) -> float:
+    return process.resident_memory_bytes(pid) / 2**20 if pid else 0.0
+
+
+def _self_rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def connections(settings: StackSettings, devices: int, hold_s: float = 20.0) -> dict[str, Any]:
+    """Every device connects with its own certificate and publishes once within `hold_s`;
+    nobody disconnects before the last one has published, so the peak is held at once."""
+    broker = MosquittoService(settings)
+    config = FleetConfig(
+        pki_dir=settings.pki_dir, devices=devices, rate=1.0 / hold_s, count=1,
+        prefix="bench-conn", port=settings.mqtt_port, connect_concurrency=128,
+        keepalive_s=300, progress_interval_s=5.0, drain_timeout_s=60.0,
+    )
+    peak: dict[str, float] = {"broker_rss_mib": 0.0, "emulator_rss_mib": 0.0}
+
+    async def sample() -> None:
+        pid = process.read_pid(broker.processes()[0])
+        while True:
+            peak["broker_rss_mib"] = max(peak["broker_rss_mib"], _rss_mib(pid))
+            peak["emulator_rss_mib"] = max(peak["emulator_rss_mib"], _self_rss_mib())
+            await asyncio.sleep(1.0)
+
+    async def main() -> FleetResult:
+        sampler = asyncio.create_task(sample())
+        try:
+            return await run_fleet(config)
+        finally:
+            sampler.cancel()
+
+    started = time.monotonic()
+    result = asyncio.run(main())
+    return {
+        "target": devices,
+        "peak_connected": result.peak_connected,
+        "connect_s": round(result.connect_s, 1),
+        "connects_per_s": round(result.peak_connected / result.connect_s, 1)
+        if result.connect_s else 0.0,
+        "acked": result.acked,
+        "unacked": result.unacked,
+        "connect_errors": result.connect_errors,
+        "wall_s": round(time.monotonic() - started, 1),
+        **{k: round(v) for k, v in peak.items()},
+    }
+
+
+def emulator_rate(settings: StackSettings, devices: int, messages: int) -> dict[str, Any]:
+    config = FleetConfig(
+        pki_dir=settings.pki_dir, devices=devices, rate=0.0, count=max(1, messages // devices),
+        prefix="bench-rate", port=settings.mqtt_port, window=100, progress_interval_s=5.0,
+    )
+    result = asyncio.run(run_fleet(config))
+    return {
+        "client": f"emulator ({devices} TLS connections, window 100)",
+        "acked": result.acked, "unacked": result.unacked,
+        "seconds": round(result.publish_s, 2), "acks_per_s": round(result.ack_rate),
+    }
+
+
+def mosquitto_pub_rate(settings: StackSettings, clients: int, messages: int) -> dict[str, Any]:
+    """`mosquitto_pub -l -q 1`, one process per client, each with its own device certificate."""
+    binary = shutil.which("mosquitto_pub")
+    if binary is None:
+        return {"client": "mosquitto_pub", "error": "mosquitto_pub not installed"}
+    per_client = max(1, messages // clients)
+    procs = []
+    started = time.monotonic()
+    for index in range(clients):
+        device_id = f"bench-pub-{index:05d}"
+        identity = pki.device_paths(settings.pki_dir, device_id)
+        if not identity.cert.exists():
+            identity = pki.issue_device(settings.pki_dir, device_id)
+        lines = b"".join(
+            telemetry_payload(int(time.time() * 1000), {"temperature": 21.5 + i % 7}, seq=i) + b"\n"
+            for i in range(per_client)
+        )
+        argv = [
+            binary, "-h", "localhost", "-p", str(settings.mqtt_port), "-q", "1", "-l",
+            "--cafile", str(identity.ca), "--cert", str(identity.cert), "--key", str(identity.key),
+            "-i", device_id, "-t", topics.telemetry_topic(device_id),
+        ]
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+        procs.append((proc, lines))
+    if not procs:
+        return {"client": "mosquitto_pub", "error": "no clients"}
+    errors = []
+    for proc, lines in procs:
+        _, err = proc.communicate(lines, timeout=600)
+        if proc.returncode != 0:
+            errors.append(err.decode(errors="replace")[-200:])
+    elapsed = time.monotonic() - started
+    total = per_client * clients
+    return {
+        "client": f"mosquitto_pub -l -q 1 ({clients} processes)",
+        "messages": total, "seconds": round(elapsed, 2),
+        "acks_per_s": round(total / elapsed), "errors": errors,
+    }
+
+
+def run(devices: int = 10_000, messages: int = 200_000) -> dict[str, Any]:
+    settings = StackSettings()
+    raise_nofile_limit()
+    broker = MosquittoService(settings)
+    started_here = False
+    try:
+        broker.check_ready()
+    except NotReady:
+        orchestrator.up(settings, only={"mosquitto"})
+        started_here = True
+    try:
+        results: dict[str, Any] = {
+            "publish": [
+                mosquitto_pub_rate(settings, 1, messages // 4),
+                emulator_rate(settings, 1, messages // 4),
+                mosquitto_pub_rate(settings, 4, messages),
+                emulator_rate(settings, 4, messages),
+                emulator_rate(settings, 50, messages),
+            ],
+            "connections": connections(settings, devices),
+        }
+    finally:
+        if started_here:
+            broker.stop()
+    return results
+
+
+def _print(results: dict[str, Any]) -> None:
+    out = sys.stdout
+    out.write("\nMQTT edge: acknowledged QoS-1 publishes through Mosquitto (TLS, client certs)\n")
+    for row in results["publish"]:
+        if "error" in row:
+            out.write(f"  {row['client']:<48} error: {row['error']}\n")
+            continue
+        out.write(f"  {row['client']:<48} {row['acks_per_s']:>8,} msg/s  ({row['seconds']} s)\n")
+    conn = results["connections"]
+    out.write(
+        f"\nConcurrent TLS device connections from one emulator process: "
+        f"{conn['peak_connected']:,} of {conn['target']:,} in {conn['connect_s']} s "
+        f"({conn['connects_per_s']}/s); emulator RSS {conn['emulator_rss_mib']} MiB, "
+        f"mosquitto RSS {conn['broker_rss_mib']} MiB; acked {conn['acked']:,}, "
+        f"unacked {conn['unacked']}, connect errors {conn['connect_errors']}\n"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.mqtt_edge", description=__doc__)
+    parser.add_argument("--devices", type=int, default=10_000)
+    parser.add_argument("--messages", type=int, default=200_000)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    results = run(args.devices, args.messages)
+    if args.json:
+        sys.stdout.write(json.dumps(results, indent=1) + "\n")
+    else:
+        _print(results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
