@@ -15,7 +15,7 @@ from typing import Any
 from cassandra.concurrent import execute_concurrent
 from cassandra.query import PreparedStatement
 from confluent_kafka import Consumer, KafkaError, Message
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 from storage.cassandra_session import connect
 from storage.config import StorageSettings
@@ -27,6 +27,10 @@ ROWS = Counter("iot_writer_rows_total", "Rows written to Cassandra", ["table"])
 SKIPPED = Counter("iot_writer_skipped_total", "Aggregate records that did not parse", ["topic"])
 RETRIES = Counter("iot_writer_retries_total", "Batches retried after a Cassandra error")
 LAST_WINDOW = Gauge("iot_writer_last_window_end_seconds", "End of the newest window written", ["table"])
+FRESHNESS = Histogram(
+    "iot_writer_window_freshness_seconds", "From a window's end to its row written in Cassandra",
+    ["table"], buckets=(1, 2, 5, 10, 12, 15, 20, 30, 60, 120, 300, 3600),
+)
 LAST_WRITE = Gauge("iot_writer_last_write_seconds", "Wall time of the last successful batch")
 
 
@@ -122,7 +126,9 @@ class AggregatesWriter:
         for row in rows:
             ROWS.labels(row.table).inc()
             if row.table != "agg_all":
-                LAST_WINDOW.labels(row.table).set(row.values[4].timestamp())
+                window_end = row.values[4].timestamp()
+                LAST_WINDOW.labels(row.table).set(window_end)
+                FRESHNESS.labels(row.table).observe(max(0.0, now - window_end))
 
     def _execute(self, rows: list[Row]) -> list[tuple[Row, Any]]:
         statements = [(self._prepared[row.table], row.values) for row in rows]
