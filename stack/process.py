@@ -207,3 +207,23 @@ def listening(port: int, host: str = "127.0.0.1") -> bool:
     except OSError:
         return False
     return True
+
+
+def adopt(spec: ProcessSpec, needle: str) -> int | None:
+    """Re-record the pid of our own process whose pid file was lost (a purge or a crash of the
+    starter while it ran). Ours means: its command line contains needle, a path under our state
+    directory that no other stack uses. Returns the pid if exactly one such process runs."""
+    if read_pid(spec) is not None:
+        return None
+    found = [
+        int(entry.name)
+        for entry in Path("/proc").iterdir()
+        if entry.name.isdigit() and int(entry.name) != os.getpid() and needle in _cmdline(int(entry.name))
+    ]
+    alive = [pid for pid in found if _alive(pid)]
+    if len(alive) != 1:
+        return None
+    spec.run_dir.mkdir(parents=True, exist_ok=True)
+    spec.pid_file.write_text(f"{alive[0]}\n{needle}\n")
+    log.warning("%s: adopted running pid %d (its pid file was missing)", spec.name, alive[0])
+    return alive[0]

@@ -206,6 +206,8 @@ class CassandraService(Service):
 
     def start(self) -> None:
         # A process we did not start holds our ports: launching would only fail later, less clearly.
+        for spec in self.processes():
+            process.adopt(spec, f"-Dcassandra.config=file://{self.config_file}")
         if not self.running():
             ports = (self.settings.cassandra_port, self.settings.cassandra_storage_port)
             busy = [port for port in ports if process.listening(port)]

@@ -184,6 +184,8 @@ class KafkaService(Service):
 
     def start(self) -> None:
         # A process we did not start holds our ports: launching would only fail later, less clearly.
+        for spec in self.processes():
+            process.adopt(spec, f"kafka.Kafka {self.config_file}")
         if not self.running():
             ports = (self.settings.kafka_port, self.settings.kafka_controller_port)
             busy = [port for port in ports if process.listening(port)]
