@@ -1,0 +1,51 @@
+"""Run the benchmarks (all, or those named: `python -m bench stack flink`) and print their figures.
+
+Each module has `run() -> dict`; its figures are printed as they come and summed up at the end
+in bench/results.json (git-ignored) for the closing notes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from stack.config import StackSettings
+
+BENCHES = ["stack", "mqtt_edge", "bridge", "flink", "query_api"]
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "httpcore", "cassandra"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    chosen = argv or BENCHES
+    results: dict[str, object] = {}
+    failed = 0
+    for name in chosen:
+        started = time.monotonic()
+        sys.stdout.write(f"\n=== bench {name} ===\n")
+        sys.stdout.flush()
+        try:
+            figures = importlib.import_module(f"bench.{name}").run()
+        except Exception:
+            failed += 1
+            traceback.print_exc()
+            figures = {"error": traceback.format_exc(limit=3)}
+        figures["bench_seconds"] = round(time.monotonic() - started, 1)
+        results[name] = figures
+        sys.stdout.write(json.dumps(figures, indent=2, default=str) + "\n")
+        sys.stdout.flush()
+    out = StackSettings().stack_dir / "bench-results.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, default=str))
+    sys.stdout.write(f"\nall figures: {out}\n")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
