@@ -12,7 +12,6 @@ import logging
 import sys
 import time
 import traceback
-from pathlib import Path
 
 from stack.config import StackSettings
 
