@@ -24,7 +24,7 @@ import httpx
 import yaml
 
 from gateway import endpoints
-from stack import artifacts
+from stack import artifacts, process
 from stack.config import StackSettings
 from stack.errors import StackError
 from stack.process import ProcessSpec
@@ -216,6 +216,10 @@ def _java_opts() -> str:
         raise StackError("flink: the wheel's conf/config.yaml has no env.java.opts.all") from exc
 
 
+def _python() -> str:
+    return str(Path(sys.prefix) / "bin" / "python3")
+
+
 def cluster_config(settings: StackSettings) -> dict[str, str]:
     """config.yaml of the session cluster (flat keys; Flink 2.x reads only config.yaml)."""
     host = endpoints.HOST
@@ -251,8 +255,10 @@ def cluster_config(settings: StackSettings) -> dict[str, str]:
         # second instead of the default 10 s pause after a failed registration.
         "cluster.registration.error-delay": "1000",
         "cluster.registration.refused-registration-delay": "1000",
-        "python.executable": sys.executable,
-        "python.client.executable": sys.executable,
+        # The venv's interpreter under one stable name, whichever alias started the runner
+        # (a changed config.yaml would recompute the memory flags).
+        "python.executable": _python(),
+        "python.client.executable": _python(),
     }
 
 
@@ -281,6 +287,21 @@ class FlinkService(Service):
 
     def processes(self) -> list[ProcessSpec]:
         return [jobmanager_spec(self.settings), taskmanager_spec(self.settings)]
+
+    def start(self) -> None:
+        # Ports held by a cluster we did not start: fail now, and clearly. A lone TaskManager
+        # (restarted after a failure test) joins our running JobManager as usual.
+        if not process.is_running(jobmanager_spec(self.settings)):
+            busy = [
+                port for port in (self.settings.flink_rest_port, JOBMANAGER_RPC_PORT)
+                if process.listening(port)
+            ]
+            if busy:
+                raise StackError(
+                    f"flink: port(s) {busy} in use by a process this stack did not start "
+                    f"(no pid file under {self.settings.run_dir}); stop it or change the port"
+                )
+        super().start()
 
     def _overview(self) -> dict[str, Any]:
         url = f"{rest_url(self.settings)}/overview"

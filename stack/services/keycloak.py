@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 
 from gateway import endpoints
-from stack import artifacts
+from stack import artifacts, process
 from stack.errors import StackError
 from stack.process import ProcessSpec
 from stack.service import NotReady, Service
@@ -119,6 +119,16 @@ class KeycloakService(Service):
         (home / "conf" / "keycloak.conf").write_text("# options: see stack/services/keycloak.py\n")
         # Imported only when the realm does not exist yet (Keycloak's IGNORE_EXISTING strategy).
         shutil.copyfile(REALM_FILE, home / "data" / "import" / REALM_FILE.name)
+
+    def start(self) -> None:
+        # A Keycloak we did not start (another clone) on our port: fail now, and clearly.
+        if not self.running() and process.listening(self.settings.keycloak_port):
+            raise StackError(
+                f"keycloak: port {self.settings.keycloak_port} is in use by a process this stack "
+                f"did not start (no pid file under {self.settings.run_dir}); stop it or set "
+                "IOT_KEYCLOAK_PORT"
+            )
+        super().start()
 
     def processes(self) -> list[ProcessSpec]:
         home = self.kc_home
