@@ -1,0 +1,63 @@
+"""The rendered Kafka and Cassandra configurations (no services started)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from gateway import topics
+from stack.config import StackSettings
+from stack.services.cassandra import CassandraService
+from stack.services.kafka import TOPICS, KafkaService
+
+
+def _settings(tmp_path: Path) -> StackSettings:
+    return StackSettings(
+        stack_dir=tmp_path / "stack", kafka_port=19092, kafka_controller_port=19093,
+        cassandra_port=19042, cassandra_storage_port=17000,
+    )
+
+
+def test_kafka_properties_single_node_kraft_on_localhost(tmp_path: Path) -> None:
+    service = KafkaService(_settings(tmp_path))
+    lines = service._server_properties().splitlines()
+    props = dict(line.split("=", 1) for line in lines if not line.startswith("#"))
+    assert props["process.roles"] == "broker,controller"
+    assert props["listeners"] == "PLAINTEXT://localhost:19092,CONTROLLER://localhost:19093"
+    assert props["controller.quorum.voters"] == "1@localhost:19093"
+    assert Path(props["log.dirs"]).is_relative_to(tmp_path / "stack" / "kafka")
+    assert props["transaction.state.log.min.isr"] == "1"
+
+
+def test_kafka_argv_uses_the_settings_heap(tmp_path: Path) -> None:
+    settings = _settings(tmp_path).model_copy(update={"kafka_heap": "300m"})
+    argv = KafkaService(settings).processes()[0].argv
+    assert "-Xmx300m" in argv and "-Xms300m" in argv
+    assert argv[-2:] == ["kafka.Kafka", str(tmp_path / "stack" / "kafka" / "server.properties")]
+
+
+def test_kafka_topics_of_the_pipeline() -> None:
+    by_name = {name: (partitions, config) for name, partitions, config in TOPICS}
+    assert by_name[topics.KAFKA_READINGS][0] == topics.KAFKA_READINGS_PARTITIONS
+    assert by_name[topics.KAFKA_AGG_ALL][1] == {"cleanup.policy": "compact"}
+    assert set(by_name) >= {topics.KAFKA_DLQ, topics.KAFKA_AGG_1M, topics.KAFKA_AGG_1H}
+
+
+def test_cassandra_yaml_ports_and_dirs(tmp_path: Path) -> None:
+    service = CassandraService(_settings(tmp_path))
+    text = service._yaml()
+    config = json.loads(text.split("\n", 1)[1])  # after the comment line; JSON is valid YAML
+    assert config["native_transport_port"] == 19042
+    assert config["storage_port"] == 17000
+    assert config["listen_address"] == config["rpc_address"] == "127.0.0.1"
+    home = tmp_path / "stack" / "cassandra"
+    for key in ("commitlog_directory", "saved_caches_directory", "hints_directory"):
+        assert Path(config[key]).is_relative_to(home)
+    assert config["authenticator"] == "AllowAllAuthenticator"
+
+
+def test_cassandra_argv_has_java17_module_options(tmp_path: Path) -> None:
+    argv = CassandraService(_settings(tmp_path)).processes()[0].argv
+    assert "--add-opens=java.base/java.nio=ALL-UNNAMED" in argv
+    assert "-Dcassandra.skip_wait_for_gossip_to_settle=0" in argv
+    assert argv[-1] == "org.apache.cassandra.service.CassandraDaemon"
