@@ -1,0 +1,192 @@
+"""The aggregation job: readings per second draining a backlog, beside a plain-Python peer
+(quixstreams doing the same 1-minute aggregation), and freshness of 1-minute rows in Cassandra.
+
+Targets (issue 5): at least 50,000 readings/s and 3x the peer; a window's row in Cassandra within
+15 s of the window's end. Throughput runs an isolated job instance on a topic of its own with its
+own output topics; freshness uses the running pipeline (`make up`): Flink job, writer, Cassandra.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from flink_jobs.config import FlinkJobSettings
+from flink_jobs.job import submit
+from flink_jobs.rest import FlinkRest
+from gateway import endpoints, topics
+from stack.config import StackSettings
+from storage.cassandra_session import connect
+from storage.rows import bucket_month
+
+log = logging.getLogger(__name__)
+
+READINGS = 2_000_000
+DEVICES = 1_000
+PEER_VENV = "peers-venv"
+
+
+def _produce_backlog(bootstrap: str, topic: str, count: int) -> float:
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 50, "batch.size": 1_000_000,
+                         "compression.type": "lz4", "queue.buffering.max.messages": 1_000_000})
+    rng = random.Random(1)
+    base = int(time.time() * 1000) - 6 * 3_600_000
+    started = time.monotonic()
+    for i in range(count):
+        device = f"bench-{i % DEVICES:05d}"
+        value = {"deviceId": device, "tenant": "bench", "ts": base + (i // DEVICES) * 1000,
+                 "metrics": {"temperature": 20 + rng.random(), "humidity": 40 + rng.random(),
+                             "battery": 90 + rng.random()}, "seq": i // DEVICES, "receivedAt": base}
+        while True:
+            try:
+                producer.produce(topic, key=device.encode(), value=json.dumps(value).encode())
+                break
+            except BufferError:
+                producer.poll(0.05)
+        if i % 10_000 == 0:
+            producer.poll(0)
+    producer.flush(120)
+    return time.monotonic() - started
+
+
+def _lag(bootstrap: str, group: str, topic: str, partitions: int) -> int:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        committed = consumer.committed(tps, timeout=10)
+        lag = 0
+        for tp in committed:
+            _, high = consumer.get_watermark_offsets(tp, timeout=10)
+            lag += high - max(tp.offset, 0)
+        return lag
+    finally:
+        consumer.close()
+
+
+def _flink_throughput(stack: StackSettings, bootstrap: str, topic: str, run: str) -> dict[str, Any]:
+    from stack.services.flink import kafka_connector_jar
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    sinks = [f"bench.agg.{kind}.{run}" for kind in ("1m", "1h", "all")]
+    for fut in admin.create_topics([NewTopic(t, 6, 1) for t in sinks]).values():
+        fut.result(30)
+    parallelism = int(os.environ.get("IOT_BENCH_FLINK_PARALLELISM", "2"))
+    settings = FlinkJobSettings(
+        job_name=f"bench-{run}", source_topic=topic, consumer_group=f"bench-{run}",
+        sink_topic_1m=sinks[0], sink_topic_1h=sinks[1], sink_topic_all=sinks[2],
+        kafka_bootstrap=bootstrap, rest_url=f"http://localhost:{stack.flink_rest_port}",
+        connector_jar=kafka_connector_jar(stack), checkpoint_interval_s=2, parallelism=parallelism,
+        checkpoint_dir=stack.stack_dir / "flink" / "bench-checkpoints",
+    )
+    rest = FlinkRest(settings.rest_url)
+    job_id = submit(settings)
+    try:
+        while (job := rest.active_job(settings.job_name)) is None or job["state"] != "RUNNING":
+            time.sleep(0.2)
+        started = time.monotonic()
+        while _lag(bootstrap, settings.consumer_group, topic, 6) > 0:
+            if time.monotonic() - started > 900:
+                raise TimeoutError("the job did not drain the backlog in 15 minutes")
+            time.sleep(1)
+        seconds = time.monotonic() - started
+    finally:
+        rest.cancel(job_id)
+        rest.close()
+        admin.delete_topics(sinks)
+    return {"seconds": round(seconds, 1), "readings_per_s": round(READINGS / seconds),
+            "parallelism": parallelism}
+
+
+def _peer_python(stack: StackSettings) -> Path:
+    venv = stack.stack_dir / PEER_VENV
+    python = venv / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "quixstreams"], check=True)
+    return python
+
+
+def _peer_throughput(stack: StackSettings, bootstrap: str, topic: str) -> dict[str, Any]:
+    script = Path(__file__).parent / "peers" / "quix_window.py"
+    result = subprocess.run([str(_peer_python(stack)), str(script), bootstrap, topic, str(READINGS)],
+                            capture_output=True, text=True, timeout=3600, check=True)
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    return {"seconds": round(figures["seconds"], 1),
+            "readings_per_s": round(READINGS / figures["seconds"])}
+
+
+def _freshness(stack: StackSettings, bootstrap: str, run: str, minutes: int = 3) -> dict[str, Any]:
+    """Real-time readings into iot.readings; first sighting of each 1m row minus its window end."""
+    devices = [f"fresh-{run}-{i}" for i in range(5)]
+    cluster, session = connect([endpoints.HOST], stack.cassandra_port, endpoints.CASSANDRA_KEYSPACE)
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    seen: dict[tuple[str, int], float] = {}
+    deadline = time.time() + minutes * 60 + 20
+    next_send = time.time()
+    try:
+        while time.time() < deadline:
+            now = time.time()
+            if now >= next_send:
+                for device in devices:
+                    value = {"deviceId": device, "tenant": "bench", "ts": int(now * 1000),
+                             "metrics": {"temperature": 21.0}, "receivedAt": int(now * 1000)}
+                    producer.produce(topics.KAFKA_READINGS, key=device.encode(),
+                                     value=json.dumps(value).encode())
+                producer.poll(0)
+                next_send += 1.0
+            for device in devices:
+                bucket = bucket_month(int(now * 1000))
+                for row in session.execute(
+                    "SELECT window_end FROM agg_1m WHERE device_id=%s AND bucket_month=%s",
+                    (device, bucket)):
+                    key = (device, int(row.window_end.timestamp()))
+                    seen.setdefault(key, time.time() - row.window_end.timestamp())
+            time.sleep(0.5)
+    finally:
+        producer.flush(10)
+        cluster.shutdown()
+    delays = sorted(seen.values())
+    if not delays:
+        return {"error": "no 1-minute rows appeared: is `make up` running?"}
+    return {"windows": len(delays), "p50_s": round(statistics.median(delays), 1),
+            "p99_s": round(delays[min(len(delays) - 1, int(0.99 * len(delays)))], 1),
+            "target_s": 15}
+
+
+def run() -> dict[str, Any]:
+    stack = StackSettings()
+    bootstrap = f"{endpoints.HOST}:{stack.kafka_port}"
+    run_id = uuid.uuid4().hex[:8]
+    topic = f"bench.readings.{run_id}"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(topic, 6, 1)])[topic].result(30)
+    try:
+        produce_s = _produce_backlog(bootstrap, topic, READINGS)
+        flink = _flink_throughput(stack, bootstrap, topic, run_id)
+        peer = _peer_throughput(stack, bootstrap, topic)
+    finally:
+        admin.delete_topics([topic])
+    return {
+        "readings": READINGS, "produce_seconds": round(produce_s, 1),
+        "flink": flink, "python_peer_quixstreams": peer,
+        "flink_vs_peer": round(flink["readings_per_s"] / peer["readings_per_s"], 2),
+        "targets": {"readings_per_s": 50_000, "vs_peer": 3.0},
+        "freshness_1m": _freshness(stack, bootstrap, run_id),
+    }
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    print(json.dumps(run(), indent=2))
