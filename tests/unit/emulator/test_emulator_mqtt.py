@@ -1,0 +1,87 @@
+"""emulator.mqtt packet encoding and decoding; the fleet's signals and id scheme (no services)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import struct
+from pathlib import Path
+
+import pytest
+
+from emulator.device import Signals
+from emulator.fleet import FleetConfig
+from emulator.mqtt import MqttProtocol, _remaining_length, connect_packet, publish_packet
+from gateway.registry import TenantCache
+
+
+@pytest.mark.parametrize(("n", "encoded"), [(0, b"\x00"), (127, b"\x7f"), (128, b"\x80\x01"),
+                                            (16_383, b"\xff\x7f"), (16_384, b"\x80\x80\x01")])
+def test_remaining_length(n: int, encoded: bytes) -> None:
+    assert _remaining_length(n) == encoded
+
+
+def test_connect_packet() -> None:
+    packet = connect_packet("dev-1", 60)
+    assert packet[0] == 0x10
+    assert packet[2:10] == b"\x00\x04MQTT\x04\x02"
+    assert packet[10:12] == struct.pack("!H", 60)
+    assert packet.endswith(b"\x00\x05dev-1")
+
+
+def test_publish_packet_qos1() -> None:
+    packet = publish_packet(b"devices/d/telemetry", b"{}", 7, dup=True)
+    assert packet[0] == 0x3A  # PUBLISH, DUP, QoS 1
+    assert packet[1] == len(packet) - 2
+    assert packet[2:23] == b"\x00\x13devices/d/telemetry"
+    assert packet[23:25] == b"\x00\x07" and packet[25:] == b"{}"
+
+
+async def test_protocol_parses_split_and_coalesced_packets() -> None:
+    acks: list[int] = []
+    protocol = MqttProtocol("d", 60, acks.append, lambda exc: None)
+    stream = b"\x20\x02\x00\x00" + b"".join(b"\x40\x02" + struct.pack("!H", i) for i in (1, 2, 3))
+    for i in range(0, len(stream), 3):  # arbitrary TLS record boundaries
+        protocol.data_received(stream[i:i + 3])
+    assert protocol.connack.done() and protocol.connack.exception() is None
+    assert acks == [1, 2, 3]
+
+
+async def test_refused_connack_is_an_error() -> None:
+    protocol = MqttProtocol("d", 60, lambda pid: None, lambda exc: None)
+    protocol.data_received(b"\x20\x02\x00\x05")
+    with pytest.raises(Exception, match="not authorised"):
+        await asyncio.wait_for(protocol.connack, 1)
+
+
+def test_signals_drift_within_realistic_bounds() -> None:
+    signals = Signals(random.Random(3))
+    readings = [signals.next() for _ in range(5000)]
+    assert all(set(r) == {"temperature", "humidity", "battery"} for r in readings)
+    assert all(0 <= r["humidity"] <= 100 and 0 <= r["battery"] <= 100 for r in readings)
+    assert readings[-1]["battery"] <= readings[0]["battery"]
+    assert abs(readings[-1]["temperature"] - readings[0]["temperature"]) < 10
+
+
+def test_device_ids_and_reading_counts(tmp_path: Path) -> None:
+    config = FleetConfig(pki_dir=tmp_path, devices=3, prefix="t", first_index=7)
+    assert config.device_ids() == ["t-00007", "t-00008", "t-00009"]
+    assert FleetConfig(pki_dir=tmp_path, rate=2, duration_s=5).readings_per_device() == 10
+    assert FleetConfig(pki_dir=tmp_path, rate=2, count=3).readings_per_device() == 3
+    assert FleetConfig(pki_dir=tmp_path, duration_s=0).readings_per_device() is None
+
+
+def test_tenant_cache_fills_on_miss_and_remembers_misses() -> None:
+    calls: list[str] = []
+    known = {"a": "tenant-a"}
+
+    def lookup(device_id: str) -> str | None:
+        calls.append(device_id)
+        return known.get(device_id)
+
+    cache = TenantCache(lookup, negative_ttl_s=60)
+    assert cache.get("a") == "tenant-a" and cache.get("a") == "tenant-a"
+    assert cache.get("b") is None and cache.get("b") is None
+    assert calls == ["a", "b"]
+    cache.preload([])
+    assert len(cache) == 1
