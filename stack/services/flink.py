@@ -35,6 +35,12 @@ log = logging.getLogger(__name__)
 NAME = "flink"
 CONNECTOR_PREFIX = "flink-sql-connector-kafka-"
 JOBMANAGER_RPC_PORT = 6123
+# The JobManager coordinates and serves REST: C1 and the serial collector start it with less CPU
+# (2 cores are shared with the whole stack). The TaskManager runs the job: G1 and C2, as shipped.
+_GC_FLAGS = {
+    "jobmanager": ["-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"],
+    "taskmanager": ["-XX:+UseG1GC"],
+}
 _RESULT_PREFIX = "BASH_JAVA_UTILS_EXEC_RESULT:"
 # role -> (main class, BashJavaUtils command computing its memory flags)
 _ROLES = {
@@ -178,7 +184,7 @@ def _daemon_spec(settings: StackSettings, role: str) -> ProcessSpec:
     argv = [
         str(settings.java17_home / "bin" / "java"),
         *jvm_args,
-        "-XX:+UseG1GC",
+        *_GC_FLAGS[role],
         *_java_opts().split(),
         f"-Dlog.file={log_file}",
         f"-Dlog4j.configurationFile=file:{conf / 'log4j-console.properties'}",
