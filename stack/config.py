@@ -28,6 +28,7 @@ class StackSettings(BaseSettings):
     cassandra_storage_port: int = endpoints.CASSANDRA_STORAGE_PORT
     keycloak_port: int = endpoints.KEYCLOAK_PORT
     flink_rest_port: int = endpoints.FLINK_REST_PORT
+    flink_rpc_port: int = endpoints.FLINK_RPC_PORT
     query_api_port: int = endpoints.QUERY_API_PORT
 
     # Small explicit heaps: the whole idle stack must fit in 4 GiB on a 2-core machine.

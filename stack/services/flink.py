@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 
 NAME = "flink"
 CONNECTOR_PREFIX = "flink-sql-connector-kafka-"
-JOBMANAGER_RPC_PORT = 6123
 # The JobManager coordinates and serves REST: C1 and the serial collector start it with less CPU
 # (2 cores are shared with the whole stack). The TaskManager runs the job: G1 and C2, as shipped.
 _GC_FLAGS = {
@@ -232,7 +231,7 @@ def cluster_config(settings: StackSettings) -> dict[str, str]:
     return {
         "env.java.opts.all": _java_opts(),
         "jobmanager.rpc.address": host,
-        "jobmanager.rpc.port": str(JOBMANAGER_RPC_PORT),
+        "jobmanager.rpc.port": str(settings.flink_rpc_port),
         "jobmanager.bind-host": host,
         "taskmanager.bind-host": host,
         "taskmanager.host": host,
@@ -299,7 +298,7 @@ class FlinkService(Service):
         # (restarted after a failure test) joins our running JobManager as usual.
         if not process.is_running(jobmanager_spec(self.settings)):
             busy = [
-                port for port in (self.settings.flink_rest_port, JOBMANAGER_RPC_PORT)
+                port for port in (self.settings.flink_rest_port, self.settings.flink_rpc_port)
                 if process.listening(port)
             ]
             if busy:
