@@ -69,12 +69,13 @@ def connect(
     timeout_s: float = 10.0,
 ) -> Any:
     """A driver Session; RegistryUnavailable with the address when Cassandra is not up."""
-    from cassandra.cluster import Cluster
+    from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
     from cassandra.policies import RoundRobinPolicy
 
+    profile = ExecutionProfile(load_balancing_policy=RoundRobinPolicy(), request_timeout=timeout_s)
     cluster = Cluster(
         list(hosts), port=port, connect_timeout=timeout_s, protocol_version=5,
-        load_balancing_policy=RoundRobinPolicy(),
+        execution_profiles={EXEC_PROFILE_DEFAULT: profile},
     )
     try:
         return cluster.connect()
