@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,8 +38,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def provision(settings: StackSettings, device_ids: Iterable[str], tenant: str = "tenant-a",
-              register: bool = True) -> None:
+def provision(
+    settings: StackSettings, device_ids: Iterable[str], tenant: str = "tenant-a", register: bool = True
+) -> None:
     """Certificates (and registry rows) for devices that do not have them yet."""
     session = registry.connect(port=settings.cassandra_port) if register else None
     try:
@@ -58,8 +59,7 @@ def provision(settings: StackSettings, device_ids: Iterable[str], tenant: str = 
 
 def create_topics(bootstrap: str, *names: str) -> None:
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    new = [NewTopic(n, num_partitions=KAFKA_READINGS_PARTITIONS, replication_factor=1)
-           for n in names]
+    new = [NewTopic(n, num_partitions=KAFKA_READINGS_PARTITIONS, replication_factor=1) for n in names]
     for future in admin.create_topics(new, request_timeout=30).values():
         future.result()
 
@@ -78,40 +78,66 @@ class KafkaRecord:
         return result
 
 
-def read_topic(bootstrap: str, topic: str, expect: int, timeout_s: float = 60.0,
-               distinct: bool = True) -> list[KafkaRecord]:
-    """Every record of the topic from the beginning, until `expect` (distinct values) or timeout."""
-    consumer = Consumer({
-        "bootstrap.servers": bootstrap, "group.id": f"bridge-test-{uuid.uuid4().hex[:8]}",
-        "enable.auto.commit": False, "auto.offset.reset": "earliest", "log_level": 0,
-    })
+def reading_id(record: KafkaRecord) -> object:
+    """A reading's identity: (device, seq). A redelivered reading has another receivedAt."""
+    return (record.key, record.json().get("seq"))
+
+
+def read_topic(
+    bootstrap: str,
+    topic: str,
+    expect: int,
+    timeout_s: float = 60.0,
+    identity: Callable[[KafkaRecord], object] = lambda r: r.value,
+) -> list[KafkaRecord]:
+    """Every record of the topic from the start, until `expect` distinct identities or timeout."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bridge-test-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "log_level": 0,
+        }
+    )
     consumer.assign([TopicPartition(topic, p, 0) for p in range(KAFKA_READINGS_PARTITIONS)])
     records: list[KafkaRecord] = []
-    seen: set[bytes] = set()
+    seen: set[object] = set()
     deadline = time.monotonic() + timeout_s
     try:
-        while time.monotonic() < deadline and (len(seen) if distinct else len(records)) < expect:
+        while time.monotonic() < deadline and len(seen) < expect:
             for msg in consumer.consume(num_messages=5000, timeout=0.5):
                 if msg.error():
                     continue
                 value = msg.value() or b""
-                raw_headers: list[tuple[str, bytes]] = list(msg.headers() or [])  # type: ignore[arg-type]
+                raw_headers: list[tuple[str, bytes]] = list(msg.headers() or [])
                 headers = dict(raw_headers)
-                records.append(KafkaRecord(
-                    msg.key(), value, msg.partition() or 0, msg.offset() or 0, headers,
+                record = KafkaRecord(
+                    msg.key(),
+                    value,
+                    msg.partition() or 0,
+                    msg.offset() or 0,
+                    headers,
                     msg.timestamp()[1],
-                ))
-                seen.add(value)
+                )
+                records.append(record)
+                seen.add(identity(record))
     finally:
         consumer.close()
     return records
 
 
-async def _publish(settings: StackSettings, plan: Mapping[str, list[bytes]], window: int,
-                   rate_per_device: float, stats: Stats) -> None:
+async def _publish(
+    settings: StackSettings,
+    plan: Mapping[str, list[bytes]],
+    window: int,
+    rate_per_device: float,
+    stats: Stats,
+) -> None:
     clients = [
-        DeviceClient(d, pki.device_paths(settings.pki_dir, d), "localhost", settings.mqtt_port,
-                     stats, window=window)
+        DeviceClient(
+            d, pki.device_paths(settings.pki_dir, d), "localhost", settings.mqtt_port, stats, window=window
+        )
         for d in plan
     ]
     gate = asyncio.Semaphore(32)
@@ -136,17 +162,18 @@ async def _publish(settings: StackSettings, plan: Mapping[str, list[bytes]], win
         await asyncio.sleep(0.1)
 
 
-def publish(settings: StackSettings, plan: Mapping[str, list[bytes]], window: int = 20,
-            rate_per_device: float = 0.0) -> Stats:
+def publish(
+    settings: StackSettings, plan: Mapping[str, list[bytes]], window: int = 20, rate_per_device: float = 0.0
+) -> Stats:
     """Publish each device's payloads in order at QoS 1; returns once the broker acked them all."""
     stats = Stats()
     asyncio.run(_publish(settings, plan, window, rate_per_device, stats))
     return stats
 
 
-def publish_in_background(settings: StackSettings, plan: Mapping[str, list[bytes]],
-                          window: int = 20, rate_per_device: float = 0.0
-                          ) -> tuple[threading.Thread, Stats]:
+def publish_in_background(
+    settings: StackSettings, plan: Mapping[str, list[bytes]], window: int = 20, rate_per_device: float = 0.0
+) -> tuple[threading.Thread, Stats]:
     stats = Stats()
     thread = threading.Thread(
         target=lambda: asyncio.run(_publish(settings, plan, window, rate_per_device, stats)),
@@ -159,9 +186,16 @@ def publish_in_background(settings: StackSettings, plan: Mapping[str, list[bytes
 class BridgeProcess:
     """`python -m bridge` as a real subprocess (so that kill -9 is real), with a run's own names."""
 
-    def __init__(self, settings: StackSettings, run_id: str, log_dir: Path,
-                 kafka_bootstrap: str | None = None, extra_env: Mapping[str, str] | None = None,
-                 readings_topic: str | None = None, dlq_topic: str | None = None) -> None:
+    def __init__(
+        self,
+        settings: StackSettings,
+        run_id: str,
+        log_dir: Path,
+        kafka_bootstrap: str | None = None,
+        extra_env: Mapping[str, str] | None = None,
+        readings_topic: str | None = None,
+        dlq_topic: str | None = None,
+    ) -> None:
         self.settings = settings
         self.client_id = f"bridge-test-{run_id}"
         self.group = f"test-{run_id}"
@@ -191,8 +225,12 @@ class BridgeProcess:
     def start(self, timeout_s: float = 60.0) -> None:
         with open(self.log_file, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "bridge"], cwd=REPO_ROOT, env=self.env,
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                [sys.executable, "-m", "bridge"],
+                cwd=REPO_ROOT,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
             )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -213,7 +251,8 @@ class BridgeProcess:
     def health(self) -> dict[str, object]:
         try:
             body: dict[str, object] = httpx.get(
-                f"http://127.0.0.1:{self.metrics_port}/health", timeout=2).json()
+                f"http://127.0.0.1:{self.metrics_port}/health", timeout=2
+            ).json()
             return body
         except (httpx.HTTPError, ValueError):
             return {}
@@ -252,10 +291,8 @@ class BridgeProcess:
         from paho.mqtt.enums import CallbackAPIVersion
 
         identity = pki.service_identity(self.settings.pki_dir)
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
-                             protocol=mqtt.MQTTv5)
-        client.tls_set(ca_certs=str(identity.ca), certfile=str(identity.cert),
-                       keyfile=str(identity.key))
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5)
+        client.tls_set(ca_certs=str(identity.ca), certfile=str(identity.cert), keyfile=str(identity.key))
         try:
             client.connect("localhost", self.settings.mqtt_port, clean_start=True)
             client.loop_start()
@@ -285,3 +322,17 @@ def kafka_is_up(bootstrap: str) -> bool:
     except KafkaException:
         return False
     return True
+
+
+def private_settings(stack_dir: Path) -> StackSettings:
+    """A stack of its own (directory and ports) for Mosquitto and Kafka; Cassandra is shared.
+
+    The bridge tests stop Kafka and kill bridges mid-stream and the benchmark wants a quiet broker:
+    on their own instances they neither disturb other sessions nor get disturbed by them.
+    """
+    return StackSettings(
+        stack_dir=stack_dir,
+        mqtt_port=free_port(),
+        kafka_port=free_port(),
+        kafka_controller_port=free_port(),
+    )

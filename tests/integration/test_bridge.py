@@ -20,24 +20,29 @@ from tests.integration.bridge_harness import (
     BridgeProcess,
     KafkaRecord,
     create_topics,
-    free_port,
     kafka_is_up,
+    private_settings,
     provision,
     publish,
     publish_in_background,
     read_topic,
+    reading_id,
     rss_bytes,
 )
 
 pytestmark = pytest.mark.integration
 
-NEEDED = {"mosquitto", "kafka", "cassandra"}
+PRIVATE = {"mosquitto", "kafka"}
 
 
 @pytest.fixture(scope="module")
-def stack(services: Callable[..., contextlib.AbstractContextManager[StackSettings]]
-          ) -> Iterator[StackSettings]:
-    with services(NEEDED) as settings:
+def stack(
+    services: Callable[..., contextlib.AbstractContextManager[StackSettings]],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[StackSettings]:
+    """Shared Cassandra (the registry); Mosquitto and Kafka of this module's own."""
+    private = private_settings(tmp_path_factory.mktemp("bridge-stack"))
+    with services({"cassandra"}), services(PRIVATE, private) as settings:
         yield settings
 
 
@@ -63,8 +68,7 @@ def now_ms() -> int:
 def plan_for(devices: list[str], per_device: int) -> dict[str, list[bytes]]:
     ts = now_ms()
     return {
-        d: [telemetry_payload(ts + i, {"v": float(i)}, seq=i) for i in range(per_device)]
-        for d in devices
+        d: [telemetry_payload(ts + i, {"v": float(i)}, seq=i) for i in range(per_device)] for d in devices
     }
 
 
@@ -95,14 +99,16 @@ def check_complete(records: list[KafkaRecord], plan: dict[str, list[bytes]]) -> 
     return len(records), duplicates
 
 
-def test_200_devices_each_ordered_on_one_partition(stack: StackSettings, bridge: BridgeProcess,
-                                                   run_id: str) -> None:
+def test_200_devices_each_ordered_on_one_partition(
+    stack: StackSettings, bridge: BridgeProcess, run_id: str
+) -> None:
     devices = [f"brt-{run_id}-{i:03d}" for i in range(200)]
     provision(stack, devices, tenant="tenant-a")
     plan = plan_for(devices, 25)
     stats = publish(stack, plan, window=10)
     assert stats.acked == 200 * 25
-    records = read_topic(bridge.kafka_bootstrap, bridge.readings_topic, expect=200 * 25)
+    records = read_topic(bridge.kafka_bootstrap, bridge.readings_topic, expect=200 * 25,
+                         identity=reading_id)
     total, duplicates = check_complete(records, plan)
     assert duplicates == 0 and total == 200 * 25
     by_device: dict[str, list[tuple[int, int, int]]] = collections.defaultdict(list)
@@ -122,17 +128,20 @@ def test_200_devices_each_ordered_on_one_partition(stack: StackSettings, bridge:
 MALFORMED: list[tuple[str, Callable[[str], bytes], Reason]] = [
     ("not_json", lambda d: b"{not json", Reason.NOT_JSON),
     ("missing_ts", lambda d: b'{"metrics": {"t": 1.0}}', Reason.MISSING_TS),
-    ("non_finite", lambda d: b'{"ts": %d, "metrics": {"t": NaN}}' % now_ms(),
-     Reason.NON_FINITE_METRIC),
-    ("too_many", lambda d: telemetry_payload(now_ms(), {f"m{i}": 1.0 for i in range(65)}),
-     Reason.TOO_MANY_METRICS),
-    ("too_large", lambda d: telemetry_payload(now_ms(), {"t": 1.0}) + b" " * 65536,
-     Reason.TOO_LARGE),
-    ("mismatch", lambda d: telemetry_payload(now_ms(), {"t": 1.0}, device_id=d + "x"),
-     Reason.DEVICE_MISMATCH),
+    ("non_finite", lambda d: b'{"ts": %d, "metrics": {"t": NaN}}' % now_ms(), Reason.NON_FINITE_METRIC),
+    (
+        "too_many",
+        lambda d: telemetry_payload(now_ms(), {f"m{i}": 1.0 for i in range(65)}),
+        Reason.TOO_MANY_METRICS,
+    ),
+    ("too_large", lambda d: telemetry_payload(now_ms(), {"t": 1.0}) + b" " * 65536, Reason.TOO_LARGE),
+    (
+        "mismatch",
+        lambda d: telemetry_payload(now_ms(), {"t": 1.0}, device_id=d + "x"),
+        Reason.DEVICE_MISMATCH,
+    ),
     ("future", lambda d: telemetry_payload(now_ms() + 3_600_000, {"t": 1.0}), Reason.TS_IN_FUTURE),
-    ("too_old", lambda d: telemetry_payload(now_ms() - 8 * 86_400_000, {"t": 1.0}),
-     Reason.TS_TOO_OLD),
+    ("too_old", lambda d: telemetry_payload(now_ms() - 8 * 86_400_000, {"t": 1.0}), Reason.TS_TOO_OLD),
 ]
 
 
@@ -183,49 +192,34 @@ def test_kill_9_mid_stream_then_restart_loses_nothing(
     bridge.start()
     thread.join(180)
     assert stats.acked == total
-    records = read_topic(bridge.kafka_bootstrap, bridge.readings_topic, expect=total,
-                         timeout_s=180)
+    records = read_topic(bridge.kafka_bootstrap, bridge.readings_topic, expect=total, timeout_s=180)
     count, duplicates = check_complete(records, plan)
     print(f"\nkill -9: {total} published, {count} records in Kafka, {duplicates} duplicates")
     assert count == total + duplicates
     assert_no_broker_drops(bridge)
 
 
-@pytest.fixture
-def private_kafka(tmp_path: Path) -> Iterator[StackSettings]:
-    """A Kafka of this test's own (own dir and ports): stopping it disturbs no one else."""
-    from stack.services.kafka import KafkaService
-
-    settings = StackSettings(stack_dir=tmp_path / "stack", kafka_port=free_port(),
-                             kafka_controller_port=free_port())
-    for directory in (settings.run_dir, settings.log_dir):
-        directory.mkdir(parents=True, exist_ok=True)
-    service = KafkaService(settings)
-    service.install()
-    service.start()
-    try:
-        service.wait_ready(120)
-        yield settings
-    finally:
-        service.stop()
-
-
 def test_kafka_down_30s_mid_stream_loses_nothing_and_memory_stays_bounded(
-    stack: StackSettings, private_kafka: StackSettings, run_id: str, tmp_path: Path
+    stack: StackSettings, run_id: str, tmp_path: Path
 ) -> None:
     from stack.services.kafka import KafkaService
 
     window = 500
-    bootstrap = f"localhost:{private_kafka.kafka_port}"
-    bridge = BridgeProcess(stack, run_id, tmp_path, kafka_bootstrap=bootstrap,
-                           extra_env={"IOT_BRIDGE_MAX_IN_FLIGHT": str(window)})
+    bootstrap = f"localhost:{stack.kafka_port}"
+    bridge = BridgeProcess(
+        stack,
+        run_id,
+        tmp_path,
+        kafka_bootstrap=bootstrap,
+        extra_env={"IOT_BRIDGE_MAX_IN_FLIGHT": str(window)},
+    )
     create_topics(bootstrap, bridge.readings_topic, bridge.dlq_topic)
     devices = [f"brt-{run_id}-o{i:02d}" for i in range(20)]
     provision(stack, devices)
     plan = plan_for(devices, 1000)  # 20,000 readings at 400/s: ~50 s of stream
     total = 20_000
     bridge.start()
-    kafka = KafkaService(private_kafka)
+    kafka = KafkaService(stack)
     try:
         thread, stats = publish_in_background(stack, plan, window=20, rate_per_device=20)
         while bridge.metrics()["bridge_messages_acked_total"] < 2000:
@@ -246,11 +240,14 @@ def test_kafka_down_30s_mid_stream_loses_nothing_and_memory_stays_bounded(
         kafka.wait_ready(120)
         thread.join(240)
         assert stats.acked == total
-        records = read_topic(bootstrap, bridge.readings_topic, expect=total, timeout_s=240)
+        records = read_topic(bootstrap, bridge.readings_topic, expect=total, timeout_s=240,
+                             identity=reading_id)
         count, duplicates = check_complete(records, plan)
-        print(f"\nKafka outage: {count} records, {duplicates} duplicates, peak in flight "
-              f"{peak_in_flight:.0f} (window {window}), RSS {rss_before / 2**20:.0f} -> "
-              f"peak {peak_rss / 2**20:.0f} MiB, acked when Kafka went down {acked_during:.0f}")
+        print(
+            f"\nKafka outage: {count} records, {duplicates} duplicates, peak in flight "
+            f"{peak_in_flight:.0f} (window {window}), RSS {rss_before / 2**20:.0f} -> "
+            f"peak {peak_rss / 2**20:.0f} MiB, acked when Kafka went down {acked_during:.0f}"
+        )
         assert peak_in_flight <= window
         assert peak_rss - rss_before < 64 * 2**20
         assert bridge.metrics()["bridge_messages_acked_total"] >= total
