@@ -123,9 +123,7 @@ class TokenValidator:
         except jwt.PyJWTError as exc:
             raise Unauthorized(AuthFailure.MALFORMED, f"malformed token: {exc}") from exc
         if header.get("alg") not in ALGORITHMS:
-            raise Unauthorized(
-                AuthFailure.MALFORMED, f"algorithm {header.get('alg')!r} not allowed"
-            )
+            raise Unauthorized(AuthFailure.MALFORMED, f"algorithm {header.get('alg')!r} not allowed")
         kid = header.get("kid")
         if not isinstance(kid, str):
             raise Unauthorized(AuthFailure.MALFORMED, "token has no key id")
@@ -133,9 +131,7 @@ class TokenValidator:
         if key is None:
             if self._jwks.key_count == 0:
                 raise DependencyDown(f"no signing keys from Keycloak: {self._jwks.last_error}")
-            raise Unauthorized(
-                AuthFailure.UNKNOWN_KEY, "token signed by a key this realm does not have"
-            )
+            raise Unauthorized(AuthFailure.UNKNOWN_KEY, "token signed by a key this realm does not have")
         claims = self._decode(token, key)
         principal = _principal(claims)
         if len(self._valid) >= _TOKEN_CACHE_MAX:
@@ -156,9 +152,7 @@ class TokenValidator:
         except jwt.ExpiredSignatureError as exc:
             raise Unauthorized(AuthFailure.EXPIRED, "token has expired") from exc
         except jwt.InvalidSignatureError as exc:
-            raise Unauthorized(
-                AuthFailure.BAD_SIGNATURE, "token signature does not verify"
-            ) from exc
+            raise Unauthorized(AuthFailure.BAD_SIGNATURE, "token signature does not verify") from exc
         except jwt.InvalidIssuerError as exc:
             raise Unauthorized(AuthFailure.WRONG_ISSUER, "token is not from this realm") from exc
         except jwt.InvalidAudienceError as exc:

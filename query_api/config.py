@@ -41,9 +41,7 @@ class QueryApiSettings(BaseSettings):
 
     @property
     def issuer(self) -> str:
-        return (
-            self.keycloak_issuer or f"{self.keycloak_url.rstrip('/')}/realms/{self.keycloak_realm}"
-        )
+        return self.keycloak_issuer or f"{self.keycloak_url.rstrip('/')}/realms/{self.keycloak_realm}"
 
     @property
     def cassandra_contact_points(self) -> list[str]:

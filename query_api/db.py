@@ -59,9 +59,7 @@ class CassandraStore:
     async def connect(self) -> None:
         """Connect (blocking driver call, so in a thread); raise DependencyDown on failure."""
         try:
-            self._session = await asyncio.to_thread(
-                self._cluster.connect, self._settings.cassandra_keyspace
-            )
+            self._session = await asyncio.to_thread(self._cluster.connect, self._settings.cassandra_keyspace)
         except Exception as exc:  # NoHostAvailable, InvalidRequest (no keyspace yet), timeouts
             self.last_error = f"{exc.__class__.__name__}: {exc}"[:300]
             raise DependencyDown(f"Cassandra: {self.last_error}") from exc
@@ -85,9 +83,7 @@ class CassandraStore:
     ) -> list[Row]:
         """Run one statement and return all its rows (callers bound them with a CQL LIMIT)."""
         session = self._require()
-        bound: Statement = (
-            statement.bind(params) if isinstance(statement, PreparedStatement) else statement
-        )
+        bound: Statement = statement.bind(params) if isinstance(statement, PreparedStatement) else statement
         # Paging off: the LIMIT keeps results small, and one round trip is what we want.
         bound.fetch_size = None
         loop = asyncio.get_running_loop()

@@ -60,9 +60,7 @@ def create_app(
             reader = repository
         else:
             store = CassandraStore(settings)
-            real = AggregateRepository(
-                store, settings.registry_cache_s, settings.registry_miss_cache_s
-            )
+            real = AggregateRepository(store, settings.registry_cache_s, settings.registry_miss_cache_s)
             connecting = asyncio.create_task(_keep_connecting(store, real))
             reader = real
         app.state.iot = AppState(

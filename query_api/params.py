@@ -64,9 +64,7 @@ def parse_time(name: str, value: str) -> int:
 
 def time_range(window: Window, from_: str | None, to: str | None, now_ms: int) -> TimeRange:
     end = parse_time("to", to) if to is not None else now_ms
-    start = (
-        parse_time("from", from_) if from_ is not None else max(0, end - DEFAULT_SPAN_MS[window])
-    )
+    start = parse_time("from", from_) if from_ is not None else max(0, end - DEFAULT_SPAN_MS[window])
     if start > end:
         raise BadInput("from is after to")
     if window in MAX_SPAN_MS and end - start > MAX_SPAN_MS[window]:

@@ -23,7 +23,9 @@ from query_api.params import Cursor, TimeRange, Window
 
 Item = dict[str, Any]
 
-_AGG_COLUMNS = "window_start, window_end, metric, count, sum, min, max, avg"
+# Timestamps as epoch ms (bigint): cheaper for the driver than datetimes, and formatted strings
+# are cached per value (every metric of a window shares its start and end).
+_AGG_COLUMNS = "toUnixTimestamp(window_start), toUnixTimestamp(window_end), metric, count, sum, min, max, avg"
 _TABLES = {
     Window.ONE_MINUTE: ("agg_1m", "bucket_month"),
     Window.ONE_HOUR: ("agg_1h", "bucket_year"),
@@ -51,9 +53,7 @@ class AggregateReader(Protocol):
         cursor: Cursor | None,
     ) -> Page: ...
 
-    async def totals(
-        self, device_id: str, metric: str | None, limit: int, cursor: Cursor | None
-    ) -> Page: ...
+    async def totals(self, device_id: str, metric: str | None, limit: int, cursor: Cursor | None) -> Page: ...
 
 
 def month_buckets(start_ms: int, end_ms: int) -> Iterator[str]:
@@ -69,14 +69,22 @@ def year_buckets(start_ms: int, end_ms: int) -> Iterator[int]:
     yield from range(_utc(start_ms).year, _utc(max(start_ms, end_ms - 1)).year + 1)
 
 
-def iso(value: datetime | None) -> str | None:
+_EPOCH = datetime(1970, 1, 1)
+_ISO: dict[int, str] = {}
+
+
+def iso(millis: int | None) -> str | None:
     """ISO 8601 UTC with Z; milliseconds only when there are any (windows are whole minutes)."""
-    if value is None:
+    if millis is None:
         return None
-    if value.tzinfo is not None:
-        value = value.astimezone(UTC).replace(tzinfo=None)
-    text = value.isoformat(timespec="milliseconds" if value.microsecond else "seconds")
-    return text + "Z"
+    text = _ISO.get(millis)
+    if text is None:
+        moment = _EPOCH + timedelta(milliseconds=millis)
+        text = moment.isoformat(timespec="milliseconds" if millis % 1000 else "seconds") + "Z"
+        if len(_ISO) >= 100_000:
+            _ISO.clear()
+        _ISO[millis] = text
+    return text
 
 
 def _utc(millis: int) -> datetime:
@@ -108,7 +116,8 @@ class AggregateRepository:
         self._tenants: dict[str, tuple[str | None, float]] = {}
         self._windows = {w: _WindowStatements(*table) for w, table in _TABLES.items()}
         self._all_cql = {
-            "all": "SELECT metric, count, sum, min, max, avg, first_ts, last_ts, late"
+            "all": "SELECT metric, count, sum, min, max, avg, toUnixTimestamp(first_ts),"
+            " toUnixTimestamp(last_ts), late"
             " FROM agg_all WHERE device_id = ?",
         }
         self._all_cql["metric"] = self._all_cql["all"] + " AND metric = ?"
@@ -190,21 +199,18 @@ class AggregateRepository:
         page, more = rows[:limit], len(rows) > limit
         items = [
             {
-                "windowStart": iso(r[0]),
-                "windowEnd": iso(r[1]),
-                "metric": r[2],
-                "count": r[3],
-                "sum": r[4],
-                "min": r[5],
-                "max": r[6],
-                "avg": r[7],
+                "windowStart": iso(start),
+                "windowEnd": iso(end),
+                "metric": name,
+                "count": count,
+                "sum": total,
+                "min": low,
+                "max": high,
+                "avg": mean,
             }
-            for r in page
+            for start, end, name, count, total, low, high, mean in page
         ]
-        next_cursor = None
-        if more:
-            last = page[-1]
-            next_cursor = Cursor(_millis(last[0]), last[2]).encode()
+        next_cursor = Cursor(page[-1][0], page[-1][2]).encode() if more else None
         return Page(items, next_cursor)
 
     @staticmethod
@@ -239,9 +245,7 @@ class AggregateRepository:
             want,
         )
 
-    async def totals(
-        self, device_id: str, metric: str | None, limit: int, cursor: Cursor | None
-    ) -> Page:
+    async def totals(self, device_id: str, metric: str | None, limit: int, cursor: Cursor | None) -> Page:
         self._require_ready()
         if metric is not None:
             if cursor is not None and cursor.metric >= metric:
@@ -249,9 +253,7 @@ class AggregateRepository:
             else:
                 rows = await self._store.execute(self._all["metric"], (device_id, metric))
         elif cursor is not None:
-            rows = await self._store.execute(
-                self._all["after"], (device_id, cursor.metric, limit + 1)
-            )
+            rows = await self._store.execute(self._all["after"], (device_id, cursor.metric, limit + 1))
         else:
             rows = await self._store.execute(self._all["all"], (device_id, limit + 1))
         page, more = rows[:limit], len(rows) > limit
@@ -273,12 +275,3 @@ class AggregateRepository:
         ]
         next_cursor = Cursor(0, page[-1][0]).encode() if more else None
         return Page(items, next_cursor)
-
-
-_EPOCH = datetime(1970, 1, 1)
-
-
-def _millis(value: datetime) -> int:
-    if value.tzinfo is not None:
-        value = value.astimezone(UTC).replace(tzinfo=None)
-    return (value - _EPOCH) // timedelta(milliseconds=1)

@@ -43,15 +43,11 @@ async def query(
     to: Annotated[str | None, Query(max_length=64, description=f"{_TIME_HELP}; exclusive")] = None,
     metric: Annotated[str | None, Query(pattern=METRIC_NAME_PATTERN)] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = MAX_LIMIT,
-    cursor: Annotated[
-        str | None, Query(max_length=200, description="`next` of the previous page")
-    ] = None,
+    cursor: Annotated[str | None, Query(max_length=200, description="`next` of the previous page")] = None,
 ) -> Response:
     """Windows starting in [from, to) (default: the last hour for 1m, the last 7 days for 1h);
     `all` ignores from/to. At most `limit` items; `next` pages on."""
-    span = (
-        time_range(window, from_, to, int(time.time() * 1000)) if window is not Window.ALL else None
-    )
+    span = time_range(window, from_, to, int(time.time() * 1000)) if window is not Window.ALL else None
     position = Cursor.decode(cursor) if cursor is not None else None
     tenant = await repository.tenant_of(device_id)
     # Another tenant's device answers exactly like a missing one: existence is not disclosed.

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 from cassandra.cluster import Session
@@ -94,9 +94,14 @@ def free_port() -> int:
         return port
 
 
+class RunningApi(NamedTuple):
+    base: str
+    pid: int
+
+
 @contextlib.contextmanager
-def running_api(log_file: Path, extra_env: dict[str, str] | None = None) -> Iterator[str]:
-    """`python -m query_api` on a free port until the block ends; yields its base URL."""
+def running_api(log_file: Path, extra_env: dict[str, str] | None = None) -> Iterator[RunningApi]:
+    """`python -m query_api` on a free port until the block ends; yields its URL and pid."""
     port = free_port()
     env = {
         **os.environ,
@@ -120,7 +125,7 @@ def running_api(log_file: Path, extra_env: dict[str, str] | None = None) -> Iter
             if time.monotonic() > deadline:
                 raise RuntimeError(f"query API not healthy after 60 s; see {log_file}")
             time.sleep(0.2)
-        yield base
+        yield RunningApi(base, proc.pid)
     finally:
         proc.terminate()
         try:

@@ -59,8 +59,8 @@ def cql(services: Services) -> Iterator[Session]:
 def api(cql: Session, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     # The registry table must exist before the API prepares its lookup.
     register(cql, "qa-warmup", "tenant-a")
-    with running_api(tmp_path_factory.mktemp("query-api") / "query-api.log") as base:
-        yield base
+    with running_api(tmp_path_factory.mktemp("query-api") / "query-api.log") as running:
+        yield running.base
 
 
 @pytest.fixture(scope="module")

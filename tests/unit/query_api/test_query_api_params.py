@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 import pytest
 
 from query_api.errors import BadInput
@@ -45,6 +43,6 @@ def test_cursor_round_trip_and_garbage() -> None:
 
 
 def test_iso_is_utc_with_z() -> None:
-    assert iso(datetime(2026, 11, 24, 10, 0)) == "2026-11-24T10:00:00Z"
-    assert iso(datetime(2026, 11, 24, 10, 0, 0, 123000)) == "2026-11-24T10:00:00.123Z"
+    assert iso(parse_time("t", "2026-11-24T10:00:00Z")) == "2026-11-24T10:00:00Z"
+    assert iso(parse_time("t", "2026-11-24T11:00:00.123+01:00")) == "2026-11-24T10:00:00.123Z"
     assert iso(None) is None
