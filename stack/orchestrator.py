@@ -44,8 +44,7 @@ def up(settings: StackSettings, only: set[str] | None = None, skip: set[str] | N
     for stage, group in groupby(sorted(services, key=lambda s: s.stage), key=lambda s: s.stage):
         members = list(group)
         log.info("stage %d: %s", stage, ", ".join(s.name for s in members))
-        for service in members:
-            service.start()
+        _parallel(members, "start")
         _parallel(members, "wait_ready", settings.ready_timeout_s)
         _parallel(members, "initialise")
     elapsed = time.monotonic() - started
