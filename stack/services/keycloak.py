@@ -10,6 +10,7 @@ database, the import directory) are real directories, so clones sharing the cach
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -35,8 +36,15 @@ REALM_FILE = Path(__file__).resolve().parent.parent / "keycloak" / "iot-realm.js
 BUILD_OPTIONS = ["--db=dev-file", "--http-relative-path=/"]
 # An IPv4 literal: "localhost" may resolve to ::1 first, and clients fall back to 127.0.0.1.
 LISTEN_HOST = "127.0.0.1"
+# The master realm's administrator (local stack only; the console is on localhost).
+ADMIN_USER = "admin"
+ADMIN_PASSWORD = "admin"
 # Directories of the distribution that are read-only at run time and shared with the cache.
 _SHARED = ("bin", "lib", "providers", "themes")
+
+
+def _realm_digest() -> str:
+    return hashlib.sha256(REALM_FILE.read_bytes()).hexdigest()
 
 
 def _server_dir(lib: Path) -> Path:
@@ -169,8 +177,8 @@ class KeycloakService(Service):
         env = {
             "JAVA_HOME": str(self.settings.java21_home),
             # Creates the master realm's admin on the first start only.
-            "KC_BOOTSTRAP_ADMIN_USERNAME": "admin",
-            "KC_BOOTSTRAP_ADMIN_PASSWORD": "admin",
+            "KC_BOOTSTRAP_ADMIN_USERNAME": ADMIN_USER,
+            "KC_BOOTSTRAP_ADMIN_PASSWORD": ADMIN_PASSWORD,
         }
         return [
             self.spec(
@@ -178,6 +186,44 @@ class KeycloakService(Service):
                 marker=f"-Dkc.home.dir={home}",
             )
         ]
+
+    @property
+    def _imported_marker(self) -> Path:
+        return self.state_dir / "realm-imported.sha256"
+
+    def initialise(self) -> None:
+        """Replace the stored realm when iot-realm.json changed since it was imported.
+
+        --import-realm skips an existing realm, so without this an edited realm file would need
+        `iot down --purge`. Replacing drops the realm's sessions and keys: only on a change.
+        """
+        digest = _realm_digest()
+        try:
+            imported = self._imported_marker.read_text().strip()
+        except OSError:
+            imported = digest  # just imported by this start (or a state older than the marker)
+        if imported != digest:
+            log.info("keycloak: %s changed since its import; replacing the realm", REALM_FILE.name)
+            self._replace_realm()
+        self._imported_marker.write_text(digest + "\n")
+
+    def _replace_realm(self) -> None:
+        admin = f"{self.base_url}/admin/realms"
+        realm = f"{admin}/{endpoints.KEYCLOAK_REALM}"
+        try:
+            with httpx.Client(timeout=60.0) as client:
+                grant = client.post(
+                    f"{self.base_url}/realms/master/protocol/openid-connect/token",
+                    data={"grant_type": "password", "client_id": "admin-cli",
+                          "username": ADMIN_USER, "password": ADMIN_PASSWORD},
+                )
+                grant.raise_for_status()
+                headers = {"Authorization": f"Bearer {grant.json()['access_token']}"}
+                client.delete(realm, headers=headers).raise_for_status()
+                realm_json = json.loads(REALM_FILE.read_text())
+                client.post(admin, headers=headers, json=realm_json).raise_for_status()
+        except httpx.HTTPError as exc:
+            raise StackError(f"keycloak: replacing realm {endpoints.KEYCLOAK_REALM}: {exc}") from exc
 
     def check_ready(self) -> None:
         url = f"{self.base_url}/realms/{endpoints.KEYCLOAK_REALM}/.well-known/openid-configuration"
