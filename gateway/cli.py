@@ -73,6 +73,21 @@ def _operator(args: argparse.Namespace, settings: CertsSettings) -> int:
     return 0
 
 
+def _init(args: argparse.Namespace, settings: CertsSettings) -> int:
+    """What the broker and the bridge need before they start; idempotent (docker/ pki-init)."""
+    pki_dir = settings.pki_dir
+    ca = pki.ensure_ca(pki_dir)
+    server = pki.server_identity(pki_dir, extra_names=args.server_name)
+    bridge = pki.service_identity(pki_dir, pki.BRIDGE_CN)
+    operator = pki.operator_identity(pki_dir)
+    sys.stdout.write(
+        f"pki ready in {pki_dir}\n  ca       {ca}\n  server   {server.cert} "
+        f"(DNS {', '.join(pki.server_dns_names(server.cert))})\n"
+        f"  bridge   {bridge.cert}\n  operator {operator.cert}\n"
+    )
+    return 0
+
+
 def _list(args: argparse.Namespace, settings: CertsSettings) -> int:
     if args.tenant is not None and not is_valid_tenant(args.tenant):
         raise CliError(f"invalid tenant {args.tenant!r}: must match {TENANT_PATTERN}")
@@ -123,6 +138,14 @@ def certs_main(argv: Sequence[str]) -> int:
     sub.add_parser(
         "operator", help="create the operator certificate if missing; print a mosquitto_sub command"
     ).set_defaults(func=_operator)
+    init = sub.add_parser(
+        "init", help="create the CA, the broker's, the bridge's and the operator's certificates"
+    )
+    init.add_argument(
+        "--server-name", action="append", default=[], metavar="DNS",
+        help="another DNS name of the broker (repeatable), e.g. `mosquitto` in docker compose",
+    )
+    init.set_defaults(func=_init)
     return _run(parser, argv)
 
 

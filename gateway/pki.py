@@ -20,7 +20,7 @@ import fcntl
 import ipaddress
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,7 +180,10 @@ def ensure_ca(pki_dir: Path) -> Path:
 # --- leaf certificates ---------------------------------------------------------------------------
 
 
-def _issue(pki_dir: Path, cn: str, cert_path: Path, key_path: Path, server: bool = False) -> None:
+def _issue(
+    pki_dir: Path, cn: str, cert_path: Path, key_path: Path, server: bool = False,
+    extra_names: Sequence[str] = (),
+) -> None:
     ca_cert, ca_key = _load_ca(pki_dir)
     key = ec.generate_private_key(ec.SECP256R1())
     now = _now()
@@ -206,7 +209,11 @@ def _issue(pki_dir: Path, cn: str, cert_path: Path, key_path: Path, server: bool
     if server:
         builder = builder.add_extension(
             x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                [
+                    x509.DNSName("localhost"),
+                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                    *(x509.DNSName(name) for name in extra_names),
+                ]
             ),
             critical=False,
         )
@@ -224,9 +231,35 @@ def _ensure_leaf(pki_dir: Path, cn: str, stem: Path, server: bool = False) -> Id
     return identity
 
 
-def server_identity(pki_dir: Path) -> Identity:
-    """Mosquitto's certificate (created if missing)."""
-    return _ensure_leaf(pki_dir, "localhost", pki_dir / "server", server=True)
+def server_identity(pki_dir: Path, extra_names: Sequence[str] = ()) -> Identity:
+    """Mosquitto's certificate (created if missing).
+
+    `extra_names` are further DNS names clients may dial, e.g. `mosquitto` on a Compose network;
+    an existing certificate that lacks one of them is re-issued (same CA, so clients keep working).
+    """
+    if not extra_names:
+        return _ensure_leaf(pki_dir, "localhost", pki_dir / "server", server=True)
+    ca = ensure_ca(pki_dir)
+    stem = pki_dir / "server"
+    identity = Identity(stem.with_suffix(".crt"), stem.with_suffix(".key"), ca)
+    with _locked(pki_dir):
+        if (
+            not identity.cert.exists()
+            or not identity.key.exists()
+            or not set(extra_names) <= set(server_dns_names(identity.cert))
+        ):
+            _issue(pki_dir, "localhost", identity.cert, identity.key, server=True,
+                   extra_names=extra_names)
+    return identity
+
+
+def server_dns_names(cert_path: Path) -> list[str]:
+    """The DNS names in a certificate's subjectAltName (empty if it has none)."""
+    try:
+        san = load_cert(cert_path).extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return []
+    return list(san.value.get_values_for_type(x509.DNSName))
 
 
 def operator_identity(pki_dir: Path) -> Identity:
