@@ -28,6 +28,8 @@ from stack.services.mosquitto import MosquittoService
 
 log = logging.getLogger("bench.mqtt_edge")
 
+PARTS = ("publish", "connections")
+
 
 def _rss_mib(pid: int | None) -> float:
     return process.resident_memory_bytes(pid) / 2**20 if pid else 0.0
@@ -134,7 +136,9 @@ def mosquitto_pub_rate(settings: StackSettings, clients: int, messages: int) -> 
     }
 
 
-def run(devices: int = 10_000, messages: int = 200_000) -> dict[str, Any]:
+def run(
+    devices: int = 10_000, messages: int = 200_000, parts: frozenset[str] = frozenset(PARTS)
+) -> dict[str, Any]:
     settings = StackSettings()
     raise_nofile_limit()
     broker = MosquittoService(settings)
@@ -145,16 +149,17 @@ def run(devices: int = 10_000, messages: int = 200_000) -> dict[str, Any]:
         orchestrator.up(settings, only={"mosquitto"})
         started_here = True
     try:
-        results: dict[str, Any] = {
-            "publish": [
+        results: dict[str, Any] = {}
+        if "publish" in parts:
+            results["publish"] = [
                 mosquitto_pub_rate(settings, 1, messages // 4),
                 emulator_rate(settings, 1, messages // 4),
                 mosquitto_pub_rate(settings, 4, messages),
                 emulator_rate(settings, 4, messages),
                 emulator_rate(settings, 50, messages),
-            ],
-            "connections": connections(settings, devices),
-        }
+            ]
+        if "connections" in parts:
+            results["connections"] = connections(settings, devices)
     finally:
         if started_here:
             broker.stop()
@@ -164,12 +169,14 @@ def run(devices: int = 10_000, messages: int = 200_000) -> dict[str, Any]:
 def _print(results: dict[str, Any]) -> None:
     out = sys.stdout
     out.write("\nMQTT edge: acknowledged QoS-1 publishes through Mosquitto (TLS, client certs)\n")
-    for row in results["publish"]:
+    for row in results.get("publish", []):
         if "error" in row:
             out.write(f"  {row['client']:<48} error: {row['error']}\n")
             continue
         out.write(f"  {row['client']:<48} {row['acks_per_s']:>8,} msg/s  ({row['seconds']} s)\n")
-    conn = results["connections"]
+    conn = results.get("connections")
+    if conn is None:
+        return
     out.write(
         f"\nConcurrent TLS device connections from one emulator process: "
         f"{conn['peak_connected']:,} of {conn['target']:,} in {conn['connect_s']} s "
@@ -183,11 +190,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.mqtt_edge", description=__doc__)
     parser.add_argument("--devices", type=int, default=10_000)
     parser.add_argument("--messages", type=int, default=200_000)
+    parser.add_argument("--only", choices=PARTS, help="run one part of the benchmark")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    results = run(args.devices, args.messages)
+    parts = frozenset([args.only] if args.only else PARTS)
+    results = run(args.devices, args.messages, parts)
     if args.json:
         sys.stdout.write(json.dumps(results, indent=1) + "\n")
     else:
