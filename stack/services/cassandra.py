@@ -74,6 +74,14 @@ _LOGBACK = """\
 """
 
 
+def _initial_heap(max_heap: str, initial_mib: int = 192) -> str:
+    """-Xms: a small start, never above -Xmx (a JVM size string such as 768m or 1g)."""
+    units = {"k": 1 / 1024, "m": 1, "g": 1024}
+    suffix = max_heap[-1].lower()
+    max_mib = float(max_heap[:-1]) * units[suffix] if suffix in units else int(max_heap) / 2**20
+    return f"{min(initial_mib, int(max_mib))}m"
+
+
 def _no_mlock() -> list[str]:
     """A prefix that keeps Cassandra from locking its whole heap into RAM.
 
@@ -174,7 +182,10 @@ class CassandraService(Service):
         jamm = sorted(lib.glob("jamm-*.jar"))
         return [
             str(s.java17_home / "bin" / "java"),
-            f"-Xms{s.cassandra_heap}", f"-Xmx{s.cassandra_heap}",
+            # The heap starts small and G1 hands idle memory back (periodic GC, low free ratio):
+            # the idle stack's RSS budget matters more here than avoiding heap resizes.
+            f"-Xms{_initial_heap(s.cassandra_heap)}", f"-Xmx{s.cassandra_heap}",
+            "-XX:G1PeriodicGCInterval=30000", "-XX:MinHeapFreeRatio=10", "-XX:MaxHeapFreeRatio=30",
             "-Xss256k",
             "-XX:+UseG1GC", "-XX:+ParallelRefProcEnabled", "-XX:MaxGCPauseMillis=300",
             "-XX:MaxTenuringThreshold=1",
