@@ -11,6 +11,8 @@ import argparse
 import asyncio
 import json
 import logging
+import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -40,6 +42,38 @@ def _self_rss_mib() -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+class CpuMeter:
+    """CPU seconds used by this process (or its children) and by the broker over a block: on a
+    shared machine wall-clock rates vary with the neighbours, CPU per message does not."""
+
+    def __init__(self, settings: StackSettings, children: bool = False) -> None:
+        self._who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
+        self._broker = process.read_pid(MosquittoService(settings).processes()[0])
+
+    def _client(self) -> float:
+        usage = resource.getrusage(self._who)
+        return usage.ru_utime + usage.ru_stime
+
+    def _broker_cpu(self) -> float:
+        if self._broker is None:
+            return 0.0
+        fields = Path(f"/proc/{self._broker}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def __enter__(self) -> CpuMeter:
+        self.client_s, self.broker_s = self._client(), self._broker_cpu()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.client_s = self._client() - self.client_s
+        self.broker_s = self._broker_cpu() - self.broker_s
+
+    def per_message(self, messages: int) -> dict[str, float]:
+        n = max(1, messages)
+        return {"client_cpu_us_per_msg": round(self.client_s / n * 1e6, 1),
+                "broker_cpu_us_per_msg": round(self.broker_s / n * 1e6, 1)}
 
 
 def connections(settings: StackSettings, devices: int, hold_s: float = 20.0) -> dict[str, Any]:
@@ -88,11 +122,13 @@ def emulator_rate(settings: StackSettings, devices: int, messages: int) -> dict[
         pki_dir=settings.pki_dir, devices=devices, rate=0.0, count=max(1, messages // devices),
         prefix="bench-rate", port=settings.mqtt_port, window=100, progress_interval_s=5.0,
     )
-    result = asyncio.run(run_fleet(config))
+    with CpuMeter(settings) as cpu:
+        result = asyncio.run(run_fleet(config))
     return {
         "client": f"emulator ({devices} TLS connections, window 100)",
         "acked": result.acked, "unacked": result.unacked,
         "seconds": round(result.publish_s, 2), "acks_per_s": round(result.ack_rate),
+        **cpu.per_message(result.acked),
     }
 
 
@@ -103,7 +139,7 @@ def mosquitto_pub_rate(settings: StackSettings, clients: int, messages: int) -> 
         return {"client": "mosquitto_pub", "error": "mosquitto_pub not installed"}
     per_client = max(1, messages // clients)
     procs = []
-    started = time.monotonic()
+    inputs = []
     for index in range(clients):
         device_id = f"bench-pub-{index:05d}"
         identity = pki.device_paths(settings.pki_dir, device_id)
@@ -118,21 +154,23 @@ def mosquitto_pub_rate(settings: StackSettings, clients: int, messages: int) -> 
             "--cafile", str(identity.ca), "--cert", str(identity.cert), "--key", str(identity.key),
             "-i", device_id, "-t", topics.telemetry_topic(device_id),
         ]
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
-        procs.append((proc, lines))
-    if not procs:
-        return {"client": "mosquitto_pub", "error": "no clients"}
+        inputs.append((argv, lines))
     errors = []
-    for proc, lines in procs:
-        _, err = proc.communicate(lines, timeout=600)
-        if proc.returncode != 0:
-            errors.append(err.decode(errors="replace")[-200:])
-    elapsed = time.monotonic() - started
+    with CpuMeter(settings, children=True) as cpu:
+        started = time.monotonic()
+        for argv, lines in inputs:
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+            procs.append((proc, lines))
+        for proc, lines in procs:
+            _, err = proc.communicate(lines, timeout=600)
+            if proc.returncode != 0:
+                errors.append(err.decode(errors="replace")[-200:])
+        elapsed = time.monotonic() - started
     total = per_client * clients
     return {
         "client": f"mosquitto_pub -l -q 1 ({clients} processes)",
         "messages": total, "seconds": round(elapsed, 2),
-        "acks_per_s": round(total / elapsed), "errors": errors,
+        "acks_per_s": round(total / elapsed), "errors": errors, **cpu.per_message(total),
     }
 
 
@@ -173,7 +211,11 @@ def _print(results: dict[str, Any]) -> None:
         if "error" in row:
             out.write(f"  {row['client']:<48} error: {row['error']}\n")
             continue
-        out.write(f"  {row['client']:<48} {row['acks_per_s']:>8,} msg/s  ({row['seconds']} s)\n")
+        out.write(
+            f"  {row['client']:<48} {row['acks_per_s']:>8,} msg/s  ({row['seconds']} s)  "
+            f"CPU/msg: client {row['client_cpu_us_per_msg']} us, "
+            f"broker {row['broker_cpu_us_per_msg']} us\n"
+        )
     conn = results.get("connections")
     if conn is None:
         return
