@@ -216,7 +216,8 @@ class CassandraService(Service):
         ]
 
     def start(self) -> None:
-        # A process we did not start holds our ports: launching would only fail later, less clearly.
+        # Our own JVM whose pid file was lost is recorded again rather than started twice; a
+        # stranger on our ports is an error now, not a confusing bind failure in the log later.
         for spec in self.processes():
             process.adopt(spec, f"-Dcassandra.config=file://{self.config_file}")
         if not self.running():
