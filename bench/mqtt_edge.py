@@ -102,7 +102,9 @@ def connections(settings: StackSettings, devices: int, hold_s: float = 20.0) -> 
             sampler.cancel()
 
     started = time.monotonic()
-    result = asyncio.run(main())
+    with CpuMeter(settings) as cpu:
+        result = asyncio.run(main())
+    connected = max(1, result.peak_connected)
     return {
         "target": devices,
         "peak_connected": result.peak_connected,
@@ -114,6 +116,9 @@ def connections(settings: StackSettings, devices: int, hold_s: float = 20.0) -> 
         "connect_errors": result.connect_errors,
         "wall_s": round(time.monotonic() - started, 1),
         **{k: round(v) for k, v in peak.items()},
+        # Handshake + certificate loading + one publish, per device.
+        "client_cpu_ms_per_connection": round(cpu.client_s / connected * 1000, 2),
+        "broker_cpu_ms_per_connection": round(cpu.broker_s / connected * 1000, 2),
     }
 
 
@@ -224,7 +229,9 @@ def _print(results: dict[str, Any]) -> None:
         f"{conn['peak_connected']:,} of {conn['target']:,} in {conn['connect_s']} s "
         f"({conn['connects_per_s']}/s); emulator RSS {conn['emulator_rss_mib']} MiB, "
         f"mosquitto RSS {conn['broker_rss_mib']} MiB; acked {conn['acked']:,}, "
-        f"unacked {conn['unacked']}, connect errors {conn['connect_errors']}\n"
+        f"unacked {conn['unacked']}, connect errors {conn['connect_errors']}; CPU per connection: "
+        f"client {conn['client_cpu_ms_per_connection']} ms, "
+        f"broker {conn['broker_cpu_ms_per_connection']} ms\n"
     )
 
 
