@@ -21,12 +21,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from cassandra import ProtocolVersion
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, Session
 from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 from cassandra.query import tuple_factory
 
 from gateway import endpoints
+from query_api.config import QueryApiSettings
 from storage.config import StorageSettings
 from storage.migrate import migrate
 from tests.conftest import ensure_services
@@ -184,7 +184,8 @@ def run(requests: int = REQUESTS, concurrency: int = CONCURRENCY, warmup: int = 
         cluster = Cluster(
             [endpoints.HOST],
             port=stack.cassandra_port,
-            protocol_version=ProtocolVersion.V5,
+            # The API's protocol (QueryApiSettings.cassandra_protocol_version), for the same read.
+            protocol_version=QueryApiSettings().cassandra_protocol_version,
             # Named tuples for the schema and seeding helpers; tuples (as the API) for the load.
             execution_profiles={EXEC_PROFILE_DEFAULT: ExecutionProfile(), "bench": profile},
         )

@@ -48,6 +48,7 @@ class CassandraStore:
             port=settings.cassandra_port,
             execution_profiles={EXEC_PROFILE_DEFAULT: profile},
             connect_timeout=settings.cassandra_timeout_s,
+            protocol_version=settings.cassandra_protocol_version,
         )
         self._session: Session | None = None
         self.last_error: str | None = "not connected yet"

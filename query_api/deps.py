@@ -21,7 +21,9 @@ _bearer = HTTPBearer(
 )
 
 
-def get_state(request: Request) -> AppState:
+# `async def` even where nothing awaits: FastAPI runs plain `def` dependencies in a thread pool,
+# a thread hand-off per request for a dictionary lookup.
+async def get_state(request: Request) -> AppState:
     state: AppState = request.app.state.iot
     return state
 
@@ -38,7 +40,7 @@ async def get_principal(
     return await state.validator.validate(credentials.credentials)
 
 
-def get_repository(state: StateDep) -> AggregateReader:
+async def get_repository(state: StateDep) -> AggregateReader:
     return state.repository
 
 
