@@ -21,6 +21,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from emulator.fleet import FleetConfig, run_fleet
 from emulator.mqtt import connect_packet
 from gateway import pki, topics
+from gateway.contract import InvalidTelemetry, parse_telemetry
 from stack.config import StackSettings
 from stack.services.mosquitto import reload
 
@@ -249,3 +250,37 @@ def test_emulator_fleet_is_acknowledged_and_seen_by_the_operator(
         time.sleep(0.1)
     assert len(seen) == 1000
     assert len({t for t, _ in seen}) == 200
+
+
+def test_emulator_fault_injection(mqtt_settings: StackSettings,
+                                  operator: Callable[[str], Collector], prefix: str) -> None:
+    watcher = operator(topics.MQTT_OPERATOR_FILTER)
+    config = FleetConfig(
+        pki_dir=mqtt_settings.pki_dir, devices=5, rate=50.0, count=40, prefix=prefix,
+        port=mqtt_settings.mqtt_port, seed=7, out_of_order=0.2, late=0.1, duplicate=0.2,
+        malformed=0.2,
+    )
+    started_ms = int(time.time() * 1000)
+    result = asyncio.run(run_fleet(config))
+    assert result.ok, result.summary()
+    kinds = result.kinds
+    assert kinds["reading"] + kinds["out_of_order"] + kinds["late"] == 200
+    assert min(kinds["out_of_order"], kinds["late"], kinds["duplicate"], kinds["malformed"]) > 0
+    assert result.sent == 200 + kinds["duplicate"] + kinds["malformed"]
+    assert watcher.wait_for(result.sent) >= result.sent
+    mine = [(t, p) for t, p in watcher.messages if t.startswith(f"devices/{prefix}-")]
+    assert len(mine) == result.sent
+    valid, invalid, late, lagging = 0, 0, 0, 0
+    for topic, payload in mine:
+        try:
+            reading = parse_telemetry(topic, payload, int(time.time() * 1000))
+        except InvalidTelemetry:
+            invalid += 1
+            continue
+        valid += 1
+        late += reading.ts < started_ms - 3_600_000
+        lagging += started_ms - 10_500 <= reading.ts < started_ms - 400
+    assert invalid == kinds["malformed"]
+    assert valid == 200 + kinds["duplicate"]
+    assert late >= kinds["late"]
+    assert lagging >= 1
