@@ -126,9 +126,22 @@ class AggregateRepository:
         self._all: dict[str, PreparedStatement] = {}
         self._tenant_stmt: PreparedStatement | None = None
         self.ready = False
+        self.not_ready_reason: str | None = "statements not prepared yet"
 
     async def prepare(self) -> None:
-        """Prepare every statement once, after the session is connected."""
+        """Prepare every statement once, after the session is connected.
+
+        Fails (DependencyDown) while a table is missing: the schema is `iot migrate`'s and the
+        registry's to create, not ours."""
+        try:
+            await self._prepare_all()
+        except DependencyDown as exc:
+            self.not_ready_reason = exc.detail
+            raise
+        self.not_ready_reason = None
+        self.ready = True
+
+    async def _prepare_all(self) -> None:
         for statements in self._windows.values():
             for name, cql in statements.cql.items():
                 statements.prepared[name] = await self._store.prepare(cql)
@@ -137,11 +150,10 @@ class AggregateRepository:
         self._tenant_stmt = await self._store.prepare(
             f"SELECT tenant FROM {registry.TABLE} WHERE device_id = ?"
         )
-        self.ready = True
 
     def _require_ready(self) -> None:
         if not self.ready:
-            raise DependencyDown(f"Cassandra not ready: {self._store.last_error}")
+            raise DependencyDown(f"Cassandra not ready: {self.not_ready_reason}")
 
     async def tenant_of(self, device_id: str) -> str | None:
         """The device's tenant from the registry, or None for an unknown device (cached)."""

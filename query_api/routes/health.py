@@ -22,6 +22,11 @@ async def health(state: StateDep) -> JSONResponse:
             await asyncio.wait_for(state.store.ping(), _CHECK_TIMEOUT_S)
         except (QueryApiError, TimeoutError) as exc:
             cassandra = {"status": "down", "error": str(exc) or "timeout"}
+        else:
+            # Connected is not enough: the tables must exist for the statements to be prepared.
+            reason = getattr(state.repository, "not_ready_reason", None)
+            if reason is not None:
+                cassandra = {"status": "down", "error": reason}
     # Rate-limited by the cache itself: /health polled every second still fetches rarely.
     await state.jwks.refresh()
     keycloak: dict[str, object] = (
