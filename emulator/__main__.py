@@ -53,19 +53,19 @@ def build_parser(settings: EmulatorSettings) -> argparse.ArgumentParser:
     return p
 
 
-def _registrar(settings: EmulatorSettings) -> Callable[[str, str], None]:
-    """Provisioning through gateway.registry, connected on first use (only if a cert is missing)."""
-    from gateway.registry import DeviceRegistry, connect, provision_device
+def _provisioner(settings: EmulatorSettings) -> Callable[[list[str], str], int]:
+    """Certificates plus registry entries (Cassandra must be up), as `iot certs issue` does."""
+    from gateway.registry import DeviceRegistry, connect, ensure_provisioned
 
-    registry: list[DeviceRegistry] = []
+    def provision(device_ids: list[str], tenant: str) -> int:
+        session = connect(settings.cassandra_hosts.split(","), settings.cassandra_port)
+        try:
+            registry = DeviceRegistry(session, settings.cassandra_keyspace)
+            return ensure_provisioned(settings.pki_dir, registry, device_ids, tenant)
+        finally:
+            session.cluster.shutdown()
 
-    def register(device_id: str, tenant: str) -> None:
-        if not registry:
-            session = connect(settings.cassandra_hosts.split(","), settings.cassandra_port)
-            registry.append(DeviceRegistry(session, settings.cassandra_keyspace))
-        provision_device(settings.pki_dir, registry[0], device_id, tenant)
-
-    return register
+    return provision
 
 
 async def _main(config: FleetConfig) -> FleetResult:
@@ -87,6 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not is_valid_tenant(args.tenant):
         log.error("invalid tenant %r: must match %s", args.tenant, TENANT_PATTERN)
         return 2
+    if args.devices < 1 or args.rate < 0 or args.duration < 0 or (args.count or 0) < 0:
+        log.error("--devices must be at least 1; --rate, --duration and --count not negative")
+        return 2
     config = FleetConfig(
         pki_dir=settings.pki_dir, devices=args.devices, rate=args.rate,
         duration_s=args.duration, count=args.count, tenant=args.tenant, prefix=args.prefix,
@@ -94,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out_of_order=args.out_of_order, late=args.late, duplicate=args.duplicate,
         malformed=args.malformed, window=args.window, seed=args.seed,
         progress_interval_s=args.progress,
-        register=None if args.no_register else _registrar(settings),
+        provisioner=None if args.no_register else _provisioner(settings),
     )
     log.info("emulating %d devices %s-%05d.. at %.2f readings/s each against %s:%d",
              config.devices, config.prefix, config.first_index, config.rate, config.host,

@@ -52,8 +52,9 @@ class FleetConfig:
     drain_timeout_s: float = 30.0
     progress_interval_s: float = 2.0
     seed: int | None = None
-    # Provisioning registers new devices in the registry; set to None for MQTT-only runs.
-    register: Callable[[str, str], None] | None = None
+    # (device ids, tenant) -> certificates issued; makes sure every device is in the registry
+    # too (gateway.registry.ensure_provisioned). None: certificates only, for MQTT-only runs.
+    provisioner: Callable[[list[str], str], int] | None = None
 
     def device_ids(self) -> list[str]:
         return [f"{self.prefix}-{i:05d}" for i in range(self.first_index, self.first_index + self.devices)]
@@ -114,18 +115,17 @@ def raise_nofile_limit() -> int:
 
 def provision(config: FleetConfig) -> dict[str, pki.Identity]:
     """Certificates for every device, issuing (and registering) the missing ones."""
-    identities: dict[str, pki.Identity] = {}
-    issued = 0
     pki.ensure_ca(config.pki_dir)
-    for device_id in config.device_ids():
-        identity = pki.device_paths(config.pki_dir, device_id)
-        if not (identity.cert.exists() and identity.key.exists()):
-            if config.register is not None:
-                config.register(device_id, config.tenant)
-            else:
+    device_ids = config.device_ids()
+    identities = {d: pki.device_paths(config.pki_dir, d) for d in device_ids}
+    issued = 0
+    if config.provisioner is not None:
+        issued = config.provisioner(device_ids, config.tenant)
+    else:
+        for device_id, identity in identities.items():
+            if not (identity.cert.exists() and identity.key.exists()):
                 pki.issue_device(config.pki_dir, device_id)
-            issued += 1
-        identities[device_id] = identity
+                issued += 1
     if issued:
         log.info("provisioned %d new device certificates under %s", issued, config.pki_dir)
     return identities

@@ -17,7 +17,7 @@ from typing import Any
 
 from gateway import endpoints
 from gateway.contract import TENANT_PATTERN, is_valid_tenant
-from gateway.pki import Identity, check_device_id, fingerprint, issue_device
+from gateway.pki import Identity, check_device_id, device_paths, fingerprint, issue_device
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +200,32 @@ def provision_device(
         identity.key.unlink(missing_ok=True)
         raise
     return identity
+
+
+def ensure_provisioned(
+    pki_dir: Path, registry: DeviceRegistry, device_ids: Sequence[str], tenant: str
+) -> int:
+    """Every device has a certificate and a registry entry afterwards; how many were issued.
+
+    A certificate issued without the registry (e.g. `iot emulate --no-register`) is registered
+    with its fingerprint; a registered device whose certificate is missing here is an error.
+    """
+    known = {device.device_id for device in registry.list()}
+    issued = 0
+    for device_id in device_ids:
+        identity = device_paths(pki_dir, device_id)
+        has_cert = identity.cert.exists() and identity.key.exists()
+        if device_id in known:
+            if not has_cert:
+                raise DuplicateDevice(
+                    f"device {device_id!r} is registered but its certificate is not in {pki_dir}"
+                )
+        elif has_cert:
+            registry.register(device_id, tenant, fingerprint(identity.cert))
+        else:
+            provision_device(pki_dir, registry, device_id, tenant)
+            issued += 1
+    return issued
 
 
 class TenantCache:

@@ -5,13 +5,21 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gateway import pki
 from gateway.cli import certs_main, devices_main
-from gateway.registry import DeviceRegistry, DuplicateDevice, TenantCache, UnknownDevice, connect
+from gateway.registry import (
+    DeviceRegistry,
+    DuplicateDevice,
+    TenantCache,
+    UnknownDevice,
+    connect,
+    ensure_provisioned,
+)
 from stack.config import StackSettings
 
 pytestmark = pytest.mark.integration
@@ -94,3 +102,17 @@ def test_cli_refuses_bad_input(cassandra: tuple[StackSettings, Any], argv: list[
                                message: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert certs_main(argv) == 1
     assert message in capsys.readouterr().err
+
+
+def test_ensure_provisioned_issues_and_backfills(registry: DeviceRegistry, tmp_path: Path,
+                                                 device_id: str) -> None:
+    pki.issue_device(tmp_path, device_id + "-old")  # a certificate the registry never saw
+    ids = [device_id + "-old", device_id + "-new"]
+    assert ensure_provisioned(tmp_path, registry, ids, "tenant-a") == 1
+    assert [registry.get_tenant(i) for i in ids] == ["tenant-a", "tenant-a"]
+    assert registry.get(ids[0]).cert_fingerprint == pki.fingerprint(  # type: ignore[union-attr]
+        pki.device_paths(tmp_path, ids[0]).cert)
+    assert ensure_provisioned(tmp_path, registry, ids, "tenant-a") == 0
+    pki.device_paths(tmp_path, ids[1]).cert.unlink()
+    with pytest.raises(DuplicateDevice, match="certificate is not in"):
+        ensure_provisioned(tmp_path, registry, ids, "tenant-a")
