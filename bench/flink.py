@@ -48,7 +48,8 @@ def _produce_backlog(bootstrap: str, topic: str, count: int) -> float:
         device = f"bench-{i % DEVICES:05d}"
         value = {"deviceId": device, "tenant": "bench", "ts": base + (i // DEVICES) * 1000,
                  "metrics": {"temperature": 20 + rng.random(), "humidity": 40 + rng.random(),
-                             "battery": 90 + rng.random()}, "seq": i // DEVICES, "receivedAt": base}
+                             "battery": 90 + rng.random()}, "seq": i // DEVICES,
+                 "receivedAt": int(time.time() * 1000)}
         while True:
             try:
                 producer.produce(topic, key=device.encode(), value=json.dumps(value).encode())

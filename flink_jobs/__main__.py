@@ -10,7 +10,7 @@ from pathlib import Path
 
 from flink_jobs import checkpoints
 from flink_jobs.config import FlinkJobSettings
-from flink_jobs.job import submit
+from flink_jobs.job import statements, submit
 from flink_jobs.rest import FlinkRest
 
 log = logging.getLogger("flink_jobs")
@@ -36,15 +36,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
     finally:
         rest.close()
+    plan = checkpoints.plan_fingerprint(statements(settings))
     restore: Path | None
     if args.restore == "auto":
-        restore = checkpoints.latest_checkpoint(settings.checkpoint_dir, settings.job_name)
+        latest = checkpoints.latest_checkpoint(settings.checkpoint_dir, settings.job_name)
+        if latest is not None and latest.plan != plan:
+            log.error(
+                "the job's SQL changed since checkpoint %s was written; its state may not fit. "
+                "Resume anyway with `iot flink-job --restore %s`, or start afresh with "
+                "`iot flink-job --restore none` (the all-time rollup then restarts from the "
+                "consumer group's offsets)", latest.path, latest.path,
+            )
+            return 2
+        restore = latest.path if latest else None
     elif args.restore == "none":
         restore = None
     else:
         restore = Path(args.restore)
     job_id = submit(settings, restore)
-    checkpoints.record_job(settings.checkpoint_dir, settings.job_name, job_id)
+    checkpoints.record_job(settings.checkpoint_dir, settings.job_name, job_id, plan)
     sys.stdout.write(job_id + "\n")
     return 0
 

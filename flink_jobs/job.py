@@ -44,6 +44,11 @@ def job_configuration(settings: FlinkJobSettings, restore_from: Path | None) -> 
     return config
 
 
+def statements(settings: FlinkJobSettings) -> list[str]:
+    """Every statement of the job, in order: its identity for checkpoint compatibility."""
+    return [sql.source_ddl(settings), *sql.sink_ddls(settings), *sql.view_ddls(), *sql.INSERTS]
+
+
 def submit(settings: FlinkJobSettings, restore_from: Path | None = None) -> str:
     """Plan the statements and submit them as one job; returns the job id."""
     from pyflink.common import Configuration
@@ -57,7 +62,7 @@ def submit(settings: FlinkJobSettings, restore_from: Path | None = None) -> str:
     ).build()
     t_env = TableEnvironment.create(environment)
     for statement in [sql.source_ddl(settings), *sql.sink_ddls(settings), *sql.view_ddls()]:
-        t_env.execute_sql(statement)
+        t_env.execute_sql(statement)  # DDL only: nothing runs until the statement set executes
     statements = t_env.create_statement_set()
     for insert in sql.INSERTS:
         statements.add_insert_sql(insert)

@@ -24,7 +24,11 @@ CREATE TABLE {table} (
     seq BIGINT,
     receivedAt BIGINT,
     event_time AS TO_TIMESTAMP_LTZ(ts, 3),
-    WATERMARK FOR event_time AS event_time - INTERVAL '{settings.watermark_delay_s}' SECOND
+    received_time AS TO_TIMESTAMP_LTZ(COALESCE(receivedAt, ts), 3),
+    -- Bounded by the bridge's clock too: a device whose clock runs minutes ahead (the contract
+    -- accepts up to 5) must not push the watermark past everyone else's readings.
+    WATERMARK FOR event_time AS LEAST(event_time, received_time)
+        - INTERVAL '{settings.watermark_delay_s}' SECOND
 ) WITH (
     'connector' = 'kafka',
     'topic' = '{settings.source_topic}',
