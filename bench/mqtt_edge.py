@@ -1,8 +1,11 @@
 """The MQTT edge: concurrent TLS device connections one emulator process holds, and the rate of
 acknowledged QoS-1 publishes through Mosquitto, next to `mosquitto_pub` as the baseline (same run).
 
-`python -m bench.mqtt_edge [--devices 10000] [--messages 200000]`; `run()` returns the figures.
-Starts Mosquitto through the stack runner when it is not running, and stops it again then.
+`python -m bench.mqtt_edge [--devices 10000] [--messages 200000] [--only publish|connections]`;
+`run()` returns the figures. Runs its own Mosquitto (the stack's templates, state under
+.stack/bench-mqtt/, port 18883) and stops it afterwards; `--shared` measures the stack's broker.
+Wall-clock rates depend on what else the machine runs; CPU per message and per connection of
+client and broker are printed alongside because they do not.
 """
 
 from __future__ import annotations
