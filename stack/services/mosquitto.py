@@ -42,6 +42,10 @@ class MosquittoService(Service):
         if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
             log.info("installing mosquitto from Debian's packages")
             apt_install(["mosquitto", "mosquitto-clients"])
+        self.render()
+
+    def render(self) -> None:
+        """The PKI the broker needs (CA, server, bridge, operator) and its conf + ACL files."""
         pki_dir = self.settings.pki_dir
         pki.ensure_ca(pki_dir)
         server = pki.server_identity(pki_dir)
