@@ -48,7 +48,7 @@ def provision(
         for device_id in device_ids:
             if pki.device_paths(settings.pki_dir, device_id).cert.exists():
                 continue
-            if reg is not None:
+            if reg is not None and reg.get(device_id) is None:
                 registry.provision_device(settings.pki_dir, reg, device_id, tenant)
             else:
                 pki.issue_device(settings.pki_dir, device_id)
@@ -57,9 +57,13 @@ def provision(
             session.cluster.shutdown()
 
 
-def create_topics(bootstrap: str, *names: str) -> None:
+def create_topics(bootstrap: str, *names: str, config: dict[str, str] | None = None) -> None:
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    new = [NewTopic(n, num_partitions=KAFKA_READINGS_PARTITIONS, replication_factor=1) for n in names]
+    new = [
+        NewTopic(n, num_partitions=KAFKA_READINGS_PARTITIONS, replication_factor=1,
+                 config=config or {})
+        for n in names
+    ]
     for future in admin.create_topics(new, request_timeout=30).values():
         future.result()
 
@@ -133,10 +137,12 @@ async def _publish(
     window: int,
     rate_per_device: float,
     stats: Stats,
+    start_at: float | None = None,
 ) -> None:
     clients = [
         DeviceClient(
-            d, pki.device_paths(settings.pki_dir, d), "localhost", settings.mqtt_port, stats, window=window
+            d, pki.device_paths(settings.pki_dir, d), "localhost", settings.mqtt_port, stats,
+            window=window,
         )
         for d in plan
     ]
@@ -145,7 +151,8 @@ async def _publish(
     async def one(client: DeviceClient, payloads: list[bytes]) -> None:
         async with gate:
             await client.connect_with_retry(asyncio.Event())
-        started = time.monotonic()
+        # Paced from a common wall-clock start when given (payload ts = scheduled send time).
+        started = time.monotonic() + (start_at - time.time() if start_at is not None else 0.0)
         for i, payload in enumerate(payloads):
             if rate_per_device > 0:
                 delay = started + i / rate_per_device - time.monotonic()
@@ -172,11 +179,17 @@ def publish(
 
 
 def publish_in_background(
-    settings: StackSettings, plan: Mapping[str, list[bytes]], window: int = 20, rate_per_device: float = 0.0
+    settings: StackSettings,
+    plan: Mapping[str, list[bytes]],
+    window: int = 20,
+    rate_per_device: float = 0.0,
+    start_at: float | None = None,
 ) -> tuple[threading.Thread, Stats]:
     stats = Stats()
     thread = threading.Thread(
-        target=lambda: asyncio.run(_publish(settings, plan, window, rate_per_device, stats)),
+        target=lambda: asyncio.run(
+            _publish(settings, plan, window, rate_per_device, stats, start_at)
+        ),
         daemon=True,
     )
     thread.start()

@@ -1,0 +1,247 @@
+"""The bridge (issue 4): sustained MQTT -> Kafka rate with ack-after-delivery, and p50/p99
+publish-to-Kafka latency at half that rate, beside (a) Mosquitto delivering the same stream to
+`mosquitto_sub` (the limit) and (b) a peer bridge from PyPI where one can run here.
+
+Mosquitto and Kafka are instances of this run's own (quiet, free ports); Cassandra (the device
+registry) is the shared one. Throughput is measured by draining the same backlog: the stream is
+queued in the consumer's persistent session first, then the consumer connects, so the figure is
+the consumer path's own rate, not the publisher's. Latency is measured live: each payload's `ts`
+is its scheduled publish time, and the Kafka topic stamps LogAppendTime, so latency = the time
+Kafka appended the record - the time the device published it.
+
+`python -m bench.bridge [--messages 60000] [--devices 20]`; `run()` returns the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from gateway import pki
+from gateway.contract import telemetry_payload
+from stack.config import StackSettings
+from tests.conftest import ensure_services
+from tests.integration.bridge_harness import (
+    BridgeProcess,
+    create_topics,
+    private_settings,
+    provision,
+    publish,
+    publish_in_background,
+    read_topic,
+    reading_id,
+)
+
+log = logging.getLogger("bench.bridge")
+
+
+def _plan(devices: list[str], per_device: int, ts0: int, rate_per_device: float = 0.0
+          ) -> dict[str, list[bytes]]:
+    step = 1000.0 / rate_per_device if rate_per_device > 0 else 0.0
+    return {
+        d: [telemetry_payload(ts0 + int(i * step), {"v": float(i), "w": 1.5}, seq=i, device_id=d)
+            for i in range(per_device)]
+        for d in devices
+    }
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def mosquitto_sub_drain(settings: StackSettings, plan: dict[str, list[bytes]]) -> dict[str, Any]:
+    """The limit: the same backlog to `mosquitto_sub` (QoS 1, persistent session, window 2000)."""
+    identity = pki.service_identity(settings.pki_dir)
+    total = sum(len(p) for p in plan.values())
+    client_id = f"bench-sub-{uuid.uuid4().hex[:6]}"
+    base = [
+        shutil.which("mosquitto_sub") or "mosquitto_sub", "-h", "localhost",
+        "-p", str(settings.mqtt_port), "--cafile", str(identity.ca), "--cert", str(identity.cert),
+        "--key", str(identity.key), "-V", "5", "-i", client_id, "-c", "-x", "600",
+        "-D", "connect", "receive-maximum", "2000", "-q", "1",
+        "-t", f"$share/{client_id}/devices/+/telemetry",
+    ]
+    subprocess.run([*base, "-E"], check=True, timeout=30)  # session + subscription, then exit
+    publish(settings, plan, window=100)
+    started = time.monotonic()
+    result = subprocess.run([*base, "-C", str(total)], stdout=subprocess.PIPE, timeout=600,
+                            check=True)
+    elapsed = time.monotonic() - started
+    received = result.stdout.count(b"\n")
+    # End the session (clean start, no expiry) so that it stops collecting a share.
+    subprocess.run([*base[:-6], "-x", "0", "-t", "bench/none", "-E"], timeout=30, check=False)
+    return {"messages": received, "seconds": round(elapsed, 2), "msgs_per_s": round(received / elapsed)}
+
+
+def bridge_drain(settings: StackSettings, plan: dict[str, list[bytes]], tmp: Path
+                 ) -> dict[str, Any]:
+    """The bridge: the same backlog, each message PUBACKed only after Kafka confirmed it."""
+    run_id = uuid.uuid4().hex[:8]
+    bridge = BridgeProcess(settings, run_id, tmp)
+    create_topics(bridge.kafka_bootstrap, bridge.readings_topic, bridge.dlq_topic,
+                  config={"message.timestamp.type": "LogAppendTime"})
+    total = sum(len(p) for p in plan.values())
+    bridge.start()  # creates the persistent session and subscription
+    try:
+        assert bridge.terminate() == 0
+        publish(settings, plan, window=100)
+        bridge.start()
+        records = read_topic(bridge.kafka_bootstrap, bridge.readings_topic, expect=total,
+                             timeout_s=600, identity=reading_id)
+        appended = sorted(r.timestamp_ms for r in records)
+        distinct = len({reading_id(r) for r in records})
+        # Kafka's own clock: first to last append, plus one mean inter-arrival for the first.
+        span_s = (appended[-1] - appended[0]) / 1000 * len(appended) / max(1, len(appended) - 1)
+        metrics = bridge.metrics()
+        return {
+            "messages": total, "in_kafka": len(records), "distinct": distinct,
+            "lost": total - distinct, "duplicates": len(records) - distinct,
+            "seconds": round(span_s, 2), "msgs_per_s": round(distinct / span_s),
+            "broker_dropped": metrics["bridge_mosquitto_dropped_messages"],
+        }
+    finally:
+        bridge.close()
+
+
+def _histogram_quantile(metrics: dict[str, float], name: str, q: float) -> float:
+    buckets = sorted(
+        (float(k.split('le="')[1].rstrip('"}')), v)
+        for k, v in metrics.items() if k.startswith(f"{name}_bucket")
+    )
+    total = buckets[-1][1]
+    for upper, count in buckets:
+        if count >= q * total:
+            return upper
+    return float("inf")
+
+
+def bridge_latency(settings: StackSettings, devices: list[str], rate: float, seconds: float,
+                   tmp: Path) -> dict[str, Any]:
+    """Live stream at `rate` msgs/s in total: publish time (payload ts) -> Kafka LogAppendTime."""
+    run_id = uuid.uuid4().hex[:8]
+    bridge = BridgeProcess(settings, run_id, tmp)
+    create_topics(bridge.kafka_bootstrap, bridge.readings_topic, bridge.dlq_topic,
+                  config={"message.timestamp.type": "LogAppendTime"})
+    per_device_rate = rate / len(devices)
+    per_device = max(1, int(per_device_rate * seconds))
+    start_at = time.time() + 5.0  # time for every device to connect
+    plan = _plan(devices, per_device, int(start_at * 1000), per_device_rate)
+    total = per_device * len(devices)
+    bridge.start()
+    try:
+        thread, stats = publish_in_background(settings, plan, window=100,
+                                              rate_per_device=per_device_rate, start_at=start_at)
+        thread.join(seconds + 120)
+        records = read_topic(bridge.kafka_bootstrap, bridge.readings_topic, expect=total,
+                             timeout_s=120, identity=reading_id)
+        latencies = [float(r.timestamp_ms - int(r.json()["ts"])) for r in records]  # type: ignore[call-overload]
+        metrics = bridge.metrics()
+        name = "bridge_publish_to_kafka_seconds"
+        return {
+            "rate_msgs_per_s": round(rate), "messages": total, "in_kafka": len(records),
+            "p50_ms": _pct(latencies, 0.50), "p99_ms": _pct(latencies, 0.99),
+            "max_ms": max(latencies) if latencies else float("nan"),
+            "mean_ms": round(statistics.fmean(latencies), 1) if latencies else float("nan"),
+            # The bridge's own share (MQTT receipt -> Kafka confirmation), histogram upper bounds.
+            "bridge_p50_le_ms": _histogram_quantile(metrics, name, 0.5) * 1000,
+            "bridge_p99_le_ms": _histogram_quantile(metrics, name, 0.99) * 1000,
+            "publisher_acked": stats.acked,
+        }
+    finally:
+        bridge.close()
+
+
+def peer_drain(settings: StackSettings, plan: dict[str, list[bytes]], tmp: Path
+               ) -> dict[str, Any]:
+    """mq-bridge (bench/peers/bridge_peer.py) on the same backlog; flechtwerk cannot run here."""
+    from bench.peers.bridge_peer import PeerProcess, route_config
+
+    run_id = uuid.uuid4().hex[:8]
+    topic = f"bench.peer.{run_id}"
+    create_topics(f"localhost:{settings.kafka_port}", topic,
+                  config={"message.timestamp.type": "LogAppendTime"})
+    client_id = f"bench-peer-{run_id}"
+    peer = PeerProcess(settings, route_config(settings, client_id, client_id, topic),
+                       tmp / f"peer-{run_id}.log")
+    total = sum(len(p) for p in plan.values())
+    peer.start()
+    time.sleep(5)  # connect and subscribe: the session then exists
+    if not peer.alive():
+        return {"ran": False, "why": peer.log_file.read_text()[-1500:]}
+    peer.stop()
+    publish(settings, plan, window=100)
+    peer.start()
+    try:
+        records = read_topic(f"localhost:{settings.kafka_port}", topic, expect=total,
+                             timeout_s=300)
+    finally:
+        peer.stop()
+    if not records:
+        return {"ran": False, "why": "nothing reached Kafka; log: "
+                + peer.log_file.read_text()[-1500:]}
+    appended = sorted(r.timestamp_ms for r in records)
+    distinct = len({r.value for r in records})
+    span_s = max(0.001, (appended[-1] - appended[0]) / 1000 * len(appended)
+                 / max(1, len(appended) - 1))
+    return {
+        "ran": True, "package": "mq-bridge 1.2.0", "messages": total, "in_kafka": len(records),
+        "lost": total - distinct, "duplicates": len(records) - distinct,
+        "seconds": round(span_s, 2), "msgs_per_s": round(distinct / span_s),
+    }
+
+
+def run(messages: int = 60_000, devices: int = 20, latency_s: float = 20.0) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-bridge-") as tmp_dir, \
+            ensure_services({"cassandra"}), \
+            ensure_services({"mosquitto", "kafka"}, private_settings(Path(tmp_dir) / "stack")) \
+            as settings:
+        tmp = Path(tmp_dir)
+        ids = [f"bench-br-{i:03d}" for i in range(devices)]
+        provision(settings, ids)
+        per_device = messages // devices
+        plan = _plan(ids, per_device, int(time.time() * 1000))
+        results["mosquitto_sub"] = mosquitto_sub_drain(settings, plan)
+        log.info("mosquitto_sub: %s", results["mosquitto_sub"])
+        plan = _plan(ids, per_device, int(time.time() * 1000))
+        results["bridge"] = bridge_drain(settings, plan, tmp)
+        log.info("bridge: %s", results["bridge"])
+        limit = results["mosquitto_sub"]["msgs_per_s"]
+        results["bridge_vs_limit"] = round(results["bridge"]["msgs_per_s"] / limit, 3)
+        half = results["bridge"]["msgs_per_s"] / 2
+        results["latency_at_half_rate"] = bridge_latency(settings, ids, half, latency_s, tmp)
+        log.info("latency: %s", results["latency_at_half_rate"])
+        try:
+            plan = _plan(ids, per_device, int(time.time() * 1000))
+            results["peer"] = peer_drain(settings, plan, tmp)
+        except Exception as exc:  # a peer that cannot run here is reported, not fatal
+            results["peer"] = {"ran": False, "why": f"{exc.__class__.__name__}: {exc}"}
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.bridge")
+    parser.add_argument("--messages", type=int, default=60_000)
+    parser.add_argument("--devices", type=int, default=20)
+    parser.add_argument("--latency-seconds", type=float, default=20.0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("cassandra").setLevel(logging.ERROR)
+    figures = run(args.messages, args.devices, args.latency_seconds)
+    sys.stdout.write(json.dumps(figures, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
