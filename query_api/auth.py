@@ -91,9 +91,16 @@ class JwksCache:
                 self.last_error = f"{exc.__class__.__name__}: {exc}"[:300]
                 log.warning("JWKS fetch failed: %s", self.last_error)
                 return False
+            # /health refreshes too: say so only when the key set actually changed.
+            changed = keys.keys() != self._keys.keys()
             self._keys = keys
             self.last_error = None
-            log.info("JWKS fetched: %d signing keys %s", len(keys), sorted(keys))
+            log.log(
+                logging.INFO if changed else logging.DEBUG,
+                "JWKS fetched: %d signing keys %s",
+                len(keys),
+                sorted(keys),
+            )
             return True
 
     async def key(self, kid: str) -> jwt.PyJWK | None:
