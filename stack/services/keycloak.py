@@ -47,6 +47,14 @@ def _realm_digest() -> str:
     return hashlib.sha256(REALM_FILE.read_bytes()).hexdigest()
 
 
+def _remove_abandoned_builds(parent: Path) -> None:
+    """Scratch directories of interrupted builds (their pid no longer runs): ~400 MB each."""
+    for scratch in parent.glob("build-*"):
+        pid = scratch.name.removeprefix("build-")
+        if not (pid.isdigit() and Path(f"/proc/{pid}").exists()):
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
 def _server_dir(lib: Path) -> Path:
     """The built distribution in the cache; its name changes with the build options."""
     digest = hashlib.sha256(" ".join(BUILD_OPTIONS).encode()).hexdigest()[:8]
@@ -87,8 +95,8 @@ class KeycloakService(Service):
             raise StackError(f"keycloak: no keycloak-quarkus-dist zip in {lib}")
         # Unpack and build beside the final directory, then rename: a concurrent clone or an
         # interrupted build never leaves a half-built server in place.
+        _remove_abandoned_builds(lib.parent)
         scratch = lib.parent / f"build-{os.getpid()}"
-        shutil.rmtree(scratch, ignore_errors=True)
         log.info("keycloak: unpacking %s and running kc.sh build (first run only)", zips[0].name)
         with zipfile.ZipFile(zips[0]) as archive:
             archive.extractall(scratch)
