@@ -165,6 +165,22 @@ def test_environment_values_are_strings(services: dict[str, Any]) -> None:
             assert isinstance(value, str | int) and not isinstance(value, bool), f"{name}: {key}"
 
 
+
+def _strings(node: Any) -> list[str]:
+    if isinstance(node, str):
+        return [node]
+    if isinstance(node, dict):
+        return [s for key, value in node.items() for s in _strings(key) + _strings(value)]
+    if isinstance(node, list):
+        return [s for item in node for s in _strings(item)]
+    return []
+
+
+def test_dollars_meant_for_the_shell_are_escaped(compose: dict[str, Any]) -> None:
+    # Compose interpolates `$NAME` from the caller's environment; `$$` passes one `$` through.
+    for text in _strings(compose):
+        assert "$" not in text.replace("$$", ""), text
+
 # --- images --------------------------------------------------------------------------------------
 
 
