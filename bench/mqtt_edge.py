@@ -23,7 +23,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from emulator.fleet import FleetConfig, FleetResult, raise_nofile_limit, run_fleet
+from emulator.fleet import FleetConfig, FleetResult, run_fleet
+from emulator.fleet import run as run_emulator
+from emulator.runtime import event_loop_factory, raise_nofile_limit
 from gateway import pki, topics
 from gateway.contract import telemetry_payload
 from stack import orchestrator, process
@@ -107,8 +109,8 @@ def connections(settings: StackSettings, devices: int, hold_s: float = 20.0) -> 
             sampler.cancel()
 
     started = time.monotonic()
-    with CpuMeter(settings) as cpu:
-        result = asyncio.run(main())
+    with CpuMeter(settings) as cpu, asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        result = runner.run(main())
     connected = max(1, result.peak_connected)
     return {
         "target": devices,
@@ -133,7 +135,7 @@ def emulator_rate(settings: StackSettings, devices: int, messages: int) -> dict[
         prefix="bench-rate", port=settings.mqtt_port, window=100, progress_interval_s=5.0,
     )
     with CpuMeter(settings) as cpu:
-        result = asyncio.run(run_fleet(config))
+        result = run_emulator(config)
     return {
         "client": f"emulator ({devices} TLS connections, window 100)",
         "acked": result.acked, "unacked": result.unacked,

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 
 from emulator.config import EmulatorSettings
 from emulator.fleet import FleetConfig, FleetResult, run_fleet
+from emulator.runtime import event_loop_factory
 from gateway.contract import TENANT_PATTERN, is_valid_tenant
 
 log = logging.getLogger("emulator")
@@ -48,6 +49,8 @@ def build_parser(settings: EmulatorSettings) -> argparse.ArgumentParser:
     p.add_argument("--no-register", action="store_true",
                    help="issue missing certificates without recording them in the registry")
     p.add_argument("--seed", type=int)
+    p.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto",
+                   help="event loop: uvloop when installed (auto), or the standard one")
     p.add_argument("--progress", type=float, default=2.0, help="seconds between progress lines")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -74,6 +77,11 @@ async def _main(config: FleetConfig) -> FleetResult:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     return await run_fleet(config, stop)
+
+
+def _run(config: FleetConfig, loop: str) -> FleetResult:
+    with asyncio.Runner(loop_factory=event_loop_factory(loop)) as runner:
+        return runner.run(_main(config))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -103,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
              config.devices, config.prefix, config.first_index, config.rate, config.host,
              config.port)
     try:
-        result = asyncio.run(_main(config))
+        result = _run(config, args.loop)
     except Exception as exc:
         log.error("emulator failed: %s: %s", exc.__class__.__name__, exc)
         return 1

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from emulator.device import DeviceClient, Signals, Stats, limit_tls_read_buffers
+from emulator.runtime import event_loop_factory, raise_nofile_limit
 from gateway import pki
 from gateway.contract import telemetry_payload
 
@@ -103,14 +103,10 @@ class FleetResult:
         )
 
 
-def raise_nofile_limit() -> int:
-    """Up to the hard limit: one descriptor per device connection."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or soft < hard:
-        target = 1_048_576 if hard == resource.RLIM_INFINITY else hard
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        return target
-    return soft
+def run(config: FleetConfig, stop: asyncio.Event | None = None, loop: str = "auto") -> FleetResult:
+    """run_fleet on a fresh event loop (uvloop when available)."""
+    with asyncio.Runner(loop_factory=event_loop_factory(loop)) as runner:
+        return runner.run(run_fleet(config, stop))
 
 
 def provision(config: FleetConfig) -> dict[str, pki.Identity]:

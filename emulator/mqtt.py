@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import struct
 from collections.abc import Callable
+from typing import cast
 
 CONNECT, CONNACK, PUBLISH, PUBACK, PINGREQ, PINGRESP, DISCONNECT = 1, 2, 3, 4, 12, 13, 14
 CONNACK_REASONS = {
@@ -76,9 +77,9 @@ class MqttProtocol(asyncio.Protocol):
         self.connack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.write(connect_packet(self._client_id, self._keepalive_s))
+        # uvloop's transports are not asyncio.Transport subclasses, but have the same methods.
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.write(connect_packet(self._client_id, self._keepalive_s))
 
     def write(self, data: bytes) -> None:
         """Queue a packet; packets written in one loop iteration leave in one TLS record.
@@ -144,4 +145,6 @@ class MqttProtocol(asyncio.Protocol):
             self.connack.set_exception(
                 MqttError(f"{self._client_id}: connection closed before CONNACK ({exc})")
             )
+            # Nobody awaits it when the handshake itself failed; connect() reports that error.
+            self.connack.exception()
         self._on_lost(exc)

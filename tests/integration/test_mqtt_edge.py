@@ -19,6 +19,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from emulator.fleet import FleetConfig, run_fleet
+from emulator.fleet import run as run_on_loop
 from emulator.mqtt import connect_packet
 from gateway import pki, topics
 from gateway.contract import InvalidTelemetry, parse_telemetry
@@ -238,7 +239,7 @@ def test_emulator_fleet_is_acknowledged_and_seen_by_the_operator(
         pki_dir=mqtt_settings.pki_dir, devices=200, rate=5.0, count=5, prefix=prefix,
         port=mqtt_settings.mqtt_port, progress_interval_s=1.0, seed=1,
     )
-    result = asyncio.run(run_fleet(config))
+    result = run_on_loop(config)  # as `iot emulate` runs it: uvloop when installed
     assert result.ok, result.summary()
     assert (result.sent, result.acked, result.connected) == (1000, 1000, 200)
     deadline = time.monotonic() + 20
@@ -261,7 +262,7 @@ def test_emulator_fault_injection(mqtt_settings: StackSettings,
         malformed=0.2,
     )
     started_ms = int(time.time() * 1000)
-    result = asyncio.run(run_fleet(config))
+    result = asyncio.run(run_fleet(config))  # the standard event loop
     assert result.ok, result.summary()
     kinds = result.kinds
     assert kinds["reading"] + kinds["out_of_order"] + kinds["late"] == 200
