@@ -180,7 +180,7 @@ class _Device:
 
 
 async def _progress(stats: Stats, total: int, interval_s: float) -> None:
-    last_acked, last_time = 0, time.monotonic()
+    last_acked, last_time, last_error = 0, time.monotonic(), ""
     while True:
         await asyncio.sleep(interval_s)
         now = time.monotonic()
@@ -191,6 +191,10 @@ async def _progress(stats: Stats, total: int, interval_s: float) -> None:
             stats.connected, total, stats.sent, stats.acked, rate, stats.sent - stats.acked,
             stats.connect_errors + stats.disconnects,
         )
+        if stats.last_error != last_error:
+            # Connect errors are per attempt and per device; the newest one says enough.
+            last_error = stats.last_error
+            log.warning("latest error: %s", last_error)
 
 
 async def _keepalive(devices: list[_Device], keepalive_s: int) -> None:
