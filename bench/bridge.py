@@ -84,19 +84,24 @@ def mosquitto_sub_drain(settings: StackSettings, plan: dict[str, list[bytes]]) -
     return {"messages": received, "seconds": round(elapsed, 2), "msgs_per_s": round(received / elapsed)}
 
 
-def bridge_drain(settings: StackSettings, plan: dict[str, list[bytes]], tmp: Path
-                 ) -> dict[str, Any]:
-    """The bridge: the same backlog, each message PUBACKed only after Kafka confirmed it."""
+def bridge_drain(settings: StackSettings, plan: dict[str, list[bytes]], tmp: Path,
+                 instances: int = 1) -> dict[str, Any]:
+    """The bridge: the same backlog, each message PUBACKed only after Kafka confirmed it.
+    With instances > 1, that many bridges share the subscription group (bridge-1, -2, ...)."""
     run_id = uuid.uuid4().hex[:8]
-    bridge = BridgeProcess(settings, run_id, tmp)
+    bridges = [BridgeProcess(settings, run_id, tmp, instance=i + 1) for i in range(instances)]
+    bridge = bridges[0]
     create_topics(bridge.kafka_bootstrap, bridge.readings_topic, bridge.dlq_topic,
                   config={"message.timestamp.type": "LogAppendTime"})
     total = sum(len(p) for p in plan.values())
-    bridge.start()  # creates the persistent session and subscription
+    for each in bridges:
+        each.start()  # creates the persistent session and subscription
     try:
-        assert bridge.terminate() == 0
+        for each in bridges:
+            assert each.terminate() == 0
         publish(settings, plan, window=100)
-        bridge.start()
+        for each in bridges:
+            each.start()
         records = read_topic(bridge.kafka_bootstrap, bridge.readings_topic, expect=total,
                              timeout_s=600, identity=reading_id)
         appended = sorted(r.timestamp_ms for r in records)
@@ -105,13 +110,15 @@ def bridge_drain(settings: StackSettings, plan: dict[str, list[bytes]], tmp: Pat
         span_s = (appended[-1] - appended[0]) / 1000 * len(appended) / max(1, len(appended) - 1)
         metrics = bridge.metrics()
         return {
-            "messages": total, "in_kafka": len(records), "distinct": distinct,
+            "instances": instances, "messages": total, "in_kafka": len(records),
+            "distinct": distinct,
             "lost": total - distinct, "duplicates": len(records) - distinct,
             "seconds": round(span_s, 2), "msgs_per_s": round(distinct / span_s),
             "broker_dropped": metrics["bridge_mosquitto_dropped_messages"],
         }
     finally:
-        bridge.close()
+        for each in bridges:
+            each.close()
 
 
 def _histogram_quantile(metrics: dict[str, float], name: str, q: float) -> float:
@@ -219,6 +226,10 @@ def run(messages: int = 60_000, devices: int = 20, latency_s: float = 20.0) -> d
         log.info("bridge: %s", results["bridge"])
         limit = results["mosquitto_sub"]["msgs_per_s"]
         results["bridge_vs_limit"] = round(results["bridge"]["msgs_per_s"] / limit, 3)
+        plan = _plan(ids, per_device, int(time.time() * 1000))
+        results["bridge_x2"] = bridge_drain(settings, plan, tmp, instances=2)
+        log.info("2 bridges: %s", results["bridge_x2"])
+        results["bridge_x2_vs_limit"] = round(results["bridge_x2"]["msgs_per_s"] / limit, 3)
         half = results["bridge"]["msgs_per_s"] / 2
         results["latency_at_half_rate"] = bridge_latency(settings, ids, half, latency_s, tmp)
         log.info("latency: %s", results["latency_at_half_rate"])

@@ -208,15 +208,18 @@ class BridgeProcess:
         extra_env: Mapping[str, str] | None = None,
         readings_topic: str | None = None,
         dlq_topic: str | None = None,
+        group: str | None = None,
+        instance: int = 1,
     ) -> None:
         self.settings = settings
-        self.client_id = f"bridge-test-{run_id}"
-        self.group = f"test-{run_id}"
+        # Instances of one run share the group (and topics) and split the load, as bridge-1, -2...
+        self.client_id = f"bridge-test-{run_id}" + (f"-{instance}" if instance > 1 else "")
+        self.group = group or f"test-{run_id}"
         self.readings_topic = readings_topic or f"test.bridge.{run_id}.readings"
         self.dlq_topic = dlq_topic or f"test.bridge.{run_id}.dlq"
         self.kafka_bootstrap = kafka_bootstrap or f"localhost:{settings.kafka_port}"
         self.metrics_port = free_port()
-        self.log_file = log_dir / f"bridge-{run_id}.log"
+        self.log_file = log_dir / f"bridge-{run_id}-{instance}.log"
         self.env = {
             **os.environ,
             "IOT_STACK_DIR": str(settings.stack_dir),
