@@ -35,4 +35,4 @@ class FlinkJobSettings(BaseSettings):
     # The Kafka SQL connector jar shipped with the job; the stack runner fills it in.
     connector_jar: Path | None = None
     # Batches updates of the all-time rollup, so Kafka sees one upsert per key per interval.
-    mini_batch_latency_ms: int = 1000
+    rollup_flush_ms: int = 1000

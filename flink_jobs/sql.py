@@ -84,7 +84,10 @@ CREATE TABLE agg_all_sink (
     'properties.bootstrap.servers' = '{settings.kafka_bootstrap}',
     'key.format' = 'json',
     'value.format' = 'json',
-    'value.fields-include' = 'ALL'
+    'value.fields-include' = 'ALL',
+    -- One upsert per key per interval reaches Kafka, however many readings updated it.
+    'sink.buffer-flush.max-rows' = '10000',
+    'sink.buffer-flush.interval' = '{settings.rollup_flush_ms} ms'
 )"""
     return [
         _window_sink_ddl("agg_1m_sink", settings.sink_topic_1m, settings),

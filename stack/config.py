@@ -37,7 +37,8 @@ class StackSettings(BaseSettings):
     keycloak_heap: str = "384m"
     flink_jobmanager_memory: str = "768m"
     flink_taskmanager_memory: str = "1280m"
-    flink_task_slots: int = 2
+    # The pipeline job takes one slot; the rest let tests and benchmarks run job instances beside it.
+    flink_task_slots: int = 4
     # SimpleStrategy replication of the application keyspace; 1 on the single local node.
     cassandra_replication_factor: int = 1
 

@@ -123,8 +123,10 @@ def _wait(condition: Any, timeout_s: float, what: str) -> None:
 
 
 def _job_running(rest: FlinkRest, name: str) -> bool:
+    """Running with every task deployed (a job is RUNNING before its tasks have slots)."""
     job = rest.active_job(name)
-    return job is not None and job["state"] == "RUNNING"
+    return (job is not None and job["state"] == "RUNNING"
+            and job["tasks"]["running"] == job["tasks"]["total"])
 
 
 def _restart_taskmanager(stack: StackSettings, rest: FlinkRest, job_id: str) -> None:
@@ -145,8 +147,8 @@ def test_rows_match_oracle(stack: StackSettings, cql: Session, kill_taskmanager:
     run = uuid.uuid4().hex[:8]
     bootstrap = f"{endpoints.HOST}:{stack.kafka_port}"
     topic = f"test.oracle.{run}"
-    AdminClient({"bootstrap.servers": bootstrap}).create_topics(
-        [NewTopic(topic, num_partitions=3, replication_factor=1)])[topic].result(30)
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)])[topic].result(30)
     settings = FlinkJobSettings(
         job_name=f"oracle-{run}", source_topic=topic, consumer_group=f"oracle-{run}",
         kafka_bootstrap=bootstrap, rest_url=f"http://localhost:{stack.flink_rest_port}",
@@ -200,3 +202,4 @@ def test_rows_match_oracle(stack: StackSettings, cql: Session, kill_taskmanager:
         with contextlib.suppress(httpx.HTTPError):
             rest.cancel(job_id)
         rest.close()
+        admin.delete_topics([topic])
