@@ -9,6 +9,7 @@ import json
 import sys
 import time
 from datetime import timedelta
+from typing import Any
 
 from quixstreams import Application
 
@@ -21,7 +22,7 @@ topic = app.topic(topic_name, value_deserializer="json",
 state = {"seen": 0, "start": 0.0}
 
 
-def count_and_stop(value: dict) -> None:
+def count_and_stop(value: dict[str, Any]) -> None:
     if state["seen"] == 0:
         state["start"] = time.monotonic()
     state["seen"] += 1
@@ -31,7 +32,7 @@ def count_and_stop(value: dict) -> None:
         app.stop()
 
 
-def reducer(agg: dict, value: dict) -> dict:
+def reducer(agg: dict[str, Any], value: dict[str, Any]) -> dict[str, Any]:
     for name, number in value["metrics"].items():
         c, s, lo, hi = agg.get(name, (0, 0.0, number, number))
         agg[name] = (c + 1, s + number, min(lo, number), max(hi, number))
