@@ -211,7 +211,6 @@ class DeviceClient:
             self._reconnect_task.cancel()
         protocol = self._protocol
         if protocol is not None and protocol.transport is not None:
-            with contextlib.suppress(MqttError):
-                protocol.write(DISCONNECT_PACKET)
-                protocol.flush()
+            protocol.write(DISCONNECT_PACKET)
+            protocol.flush()
             protocol.transport.close()

@@ -18,7 +18,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from emulator.fleet import FleetConfig, run_fleet
+from emulator.fleet import FleetConfig, FleetResult, run_fleet
 from emulator.fleet import run as run_on_loop
 from emulator.mqtt import connect_packet
 from gateway import pki, topics
@@ -285,3 +285,31 @@ def test_emulator_fault_injection(mqtt_settings: StackSettings,
     assert valid == 200 + kinds["duplicate"]
     assert late >= kinds["late"]
     assert lagging >= 1
+
+
+def test_emulator_survives_losing_its_connections(mqtt_settings: StackSettings,
+                                                  prefix: str) -> None:
+    """A session takeover (same client id) drops a device mid-run: it reconnects and resends."""
+    config = FleetConfig(
+        pki_dir=mqtt_settings.pki_dir, devices=3, rate=200.0, count=600, prefix=prefix,
+        port=mqtt_settings.mqtt_port, seed=3, window=5,
+    )
+
+    async def main() -> FleetResult:
+        fleet = asyncio.create_task(run_fleet(config))
+        await asyncio.sleep(1.5)
+        for device_id in config.device_ids():
+            identity = pki.device_paths(mqtt_settings.pki_dir, device_id)
+            context = _context(identity, identity.ca)
+            _, writer = await asyncio.open_connection(
+                "localhost", mqtt_settings.mqtt_port, ssl=context, server_hostname="localhost"
+            )
+            writer.write(connect_packet(device_id, 10))  # the same client id takes over
+            await writer.drain()
+            await asyncio.sleep(0.2)
+            writer.close()
+        return await fleet
+
+    result = asyncio.run(main())
+    assert result.ok, result.summary()
+    assert result.acked == 1800 and result.disconnects >= 3
