@@ -6,7 +6,8 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from gateway import endpoints, pki
 from gateway.contract import TENANT_PATTERN, is_valid_tenant
@@ -27,17 +28,22 @@ class CliError(Exception):
     """A user-facing failure: the message is printed, the exit code is 1."""
 
 
-def open_registry(settings: CertsSettings) -> DeviceRegistry:
+@contextmanager
+def open_registry(settings: CertsSettings) -> Iterator[DeviceRegistry]:
+    """The registry for one command; the driver's threads are shut down afterwards."""
     session = connect(settings.cassandra_hosts.split(","), settings.cassandra_port)
-    return DeviceRegistry(session, settings.cassandra_keyspace)
+    try:
+        yield DeviceRegistry(session, settings.cassandra_keyspace)
+    finally:
+        session.cluster.shutdown()
 
 
 def _issue(args: argparse.Namespace, settings: CertsSettings) -> int:
     pki.check_device_id(args.device_id)
     if not is_valid_tenant(args.tenant):
         raise CliError(f"invalid tenant {args.tenant!r}: must match {TENANT_PATTERN}")
-    registry = open_registry(settings)
-    identity = provision_device(settings.pki_dir, registry, args.device_id, args.tenant)
+    with open_registry(settings) as registry:
+        identity = provision_device(settings.pki_dir, registry, args.device_id, args.tenant)
     sys.stdout.write(
         f"issued {args.device_id} (tenant {args.tenant})\n"
         f"  certificate {identity.cert}\n  key         {identity.key}\n"
@@ -56,7 +62,8 @@ def _revoke(args: argparse.Namespace, settings: CertsSettings) -> int:
     # The CRL first: it is what keeps the device out, even if the registry is down.
     serial = pki.revoke_certificate(settings.pki_dir, identity.cert)
     reloaded = reload(settings)
-    open_registry(settings).revoke(args.device_id)
+    with open_registry(settings) as registry:
+        registry.revoke(args.device_id)
     sys.stdout.write(
         f"revoked {args.device_id} (serial {serial}); "
         + ("mosquitto reloaded the CRL\n" if reloaded else "mosquitto is not running\n")
@@ -91,7 +98,8 @@ def _init(args: argparse.Namespace, settings: CertsSettings) -> int:
 def _list(args: argparse.Namespace, settings: CertsSettings) -> int:
     if args.tenant is not None and not is_valid_tenant(args.tenant):
         raise CliError(f"invalid tenant {args.tenant!r}: must match {TENANT_PATTERN}")
-    devices = open_registry(settings).list(args.tenant)
+    with open_registry(settings) as registry:
+        devices = registry.list(args.tenant)
     if args.json:
         rows = [
             {
