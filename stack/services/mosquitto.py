@@ -9,6 +9,7 @@ import shutil
 import signal
 import ssl
 import threading
+import uuid
 from pathlib import Path
 from string import Template
 
@@ -114,7 +115,7 @@ def probe_connect(
         outcome.append(None if not getattr(reason, "is_failure", False) else str(reason))
         done.set()
 
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"probe-{os.getpid()}")
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"probe-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     client.tls_set(
         ca_certs=str(identity.ca), certfile=str(identity.cert), keyfile=str(identity.key),
         tls_version=ssl.PROTOCOL_TLS_CLIENT,
