@@ -59,11 +59,14 @@ async def run(settings: BridgeSettings, stop: asyncio.Event | None = None) -> in
     sink.start()
     await asyncio.to_thread(tenants.preload)
     exit_code = 0
+    mqtt = asyncio.create_task(source.run(stop), name="mqtt")
     try:
-        source.start()
         while not stop.is_set():
             if sink.fatal_error is not None:
                 raise BridgeError(f"Kafka producer failed: {sink.fatal_error}")
+            if mqtt.done():
+                mqtt.result()  # raises what ended it
+                raise BridgeError("the MQTT loop ended unexpectedly")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=1.0)
         log.info("stopping: no new messages, flushing Kafka")
@@ -72,8 +75,12 @@ async def run(settings: BridgeSettings, stop: asyncio.Event | None = None) -> in
         exit_code = 1
     finally:
         source.pause()
+        # In a thread: the loop keeps running, so the confirmations' PUBACKs keep going out.
         remaining = await asyncio.to_thread(sink.close, settings.bridge_flush_timeout_s)
-        await asyncio.to_thread(source.stop)
+        await source.stop()
+        stop.set()
+        with contextlib.suppress(BridgeError, asyncio.CancelledError, TimeoutError):
+            await asyncio.wait_for(mqtt, 5.0)
         tenants.close()
         server.close()
         await server.wait_closed()
