@@ -148,6 +148,10 @@ def _reject_constant(token: str) -> float:
     raise InvalidTelemetry(Reason.NON_FINITE_METRIC, f"non-finite number {token}")
 
 
+# Built once: json.loads(..., parse_constant=...) builds a new decoder on every call.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def parse_telemetry(topic: str, payload: bytes, now_ms: int) -> Reading:
     """Validate one MQTT message against the contract, or raise InvalidTelemetry."""
     from gateway.topics import device_id_from_topic
@@ -164,7 +168,7 @@ def parse_telemetry(topic: str, payload: bytes, now_ms: int) -> Reading:
     except UnicodeDecodeError as exc:
         raise InvalidTelemetry(Reason.NOT_UTF8, str(exc)) from exc
     try:
-        body = json.loads(text, parse_constant=_reject_constant)
+        body = _DECODER.decode(text)
     except InvalidTelemetry:
         raise
     except (ValueError, RecursionError) as exc:
