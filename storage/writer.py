@@ -27,6 +27,7 @@ ROWS = Counter("iot_writer_rows_total", "Rows written to Cassandra", ["table"])
 SKIPPED = Counter("iot_writer_skipped_total", "Aggregate records that did not parse", ["topic"])
 RETRIES = Counter("iot_writer_retries_total", "Batches retried after a Cassandra error")
 LAST_WINDOW = Gauge("iot_writer_last_window_end_seconds", "End of the newest window written", ["table"])
+_newest: dict[str, float] = {}
 FRESHNESS = Histogram(
     "iot_writer_window_freshness_seconds", "From a window's end to its row written in Cassandra",
     ["table"], buckets=(1, 2, 5, 10, 12, 15, 20, 30, 60, 120, 300, 3600),
@@ -127,7 +128,9 @@ class AggregatesWriter:
             ROWS.labels(row.table).inc()
             if row.table != "agg_all":
                 window_end = row.values[4].timestamp()
-                LAST_WINDOW.labels(row.table).set(window_end)
+                if window_end > _newest.get(row.table, 0.0):
+                    _newest[row.table] = window_end
+                    LAST_WINDOW.labels(row.table).set(window_end)
                 FRESHNESS.labels(row.table).observe(max(0.0, now - window_end))
 
     def _execute(self, rows: list[Row]) -> list[tuple[Row, Any]]:

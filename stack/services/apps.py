@@ -48,6 +48,16 @@ class WriterService(_PythonService):
     def check_ready(self) -> None:
         _http_ok(f"http://127.0.0.1:{endpoints.WRITER_METRICS_PORT}/metrics")
 
+    def describe(self) -> str:
+        import time
+
+        from stack.figures import scrape
+
+        m = scrape(endpoints.WRITER_METRICS_PORT)
+        last = m.get('iot_writer_last_window_end_seconds{table="agg_1m"}', 0.0)
+        written = time.strftime("%H:%M:%S", time.gmtime(last)) + "Z" if last else "none yet"
+        return f"rows written {m.get('iot_writer_rows_total', 0):.0f}, newest 1m window end {written}"
+
 
 class BridgeService(_PythonService):
     name = "bridge"
@@ -56,6 +66,14 @@ class BridgeService(_PythonService):
 
     def check_ready(self) -> None:
         _http_ok(f"http://127.0.0.1:{endpoints.BRIDGE_METRICS_PORT}/health")
+
+    def describe(self) -> str:
+        from stack.figures import scrape
+
+        m = scrape(endpoints.BRIDGE_METRICS_PORT)
+        return (f"messages in {m.get('bridge_messages_received_total', 0):.0f}, "
+                f"to Kafka {m.get('bridge_messages_produced_total', 0):.0f}, "
+                f"DLQ {m.get('bridge_messages_dlq_total', 0):.0f}")
 
 
 class QueryApiService(_PythonService):
@@ -156,5 +174,13 @@ class FlinkJobService(Service):
         return False
 
     def describe(self) -> str:
+        from flink_jobs.config import FlinkJobSettings
+        from stack.figures import consumer_lag, kafka_bootstrap
+
         job = self._job()
-        return f"job {job['jid']} {job['state']}" if job else "no job"
+        if job is None:
+            return "no job"
+        job_settings = FlinkJobSettings()
+        lag = consumer_lag(kafka_bootstrap(self.settings.kafka_port), job_settings.consumer_group,
+                           job_settings.source_topic)
+        return f"job {job['jid']} {job['state']}, consumer lag {lag if lag is not None else '?'}"

@@ -1,0 +1,51 @@
+"""Key figures for `iot status`, read from the services' own metrics and from Kafka."""
+
+from __future__ import annotations
+
+import httpx
+
+from gateway import endpoints
+
+
+def scrape(port: int) -> dict[str, float]:
+    """Prometheus text of a local /metrics: `name` sums a metric over its labels (counters),
+    `name{labels}` keeps each series (gauges)."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2.0).text
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        series, _, raw = line.rpartition(" ")
+        try:
+            value = float(raw)
+        except ValueError:
+            continue
+        name = series.split("{", 1)[0]
+        values[name] = values.get(name, 0.0) + value
+        if series != name:
+            values[series] = value
+    return values
+
+
+def consumer_lag(bootstrap: str, group: str, topic: str) -> int | None:
+    """Messages of `topic` not yet committed by `group`, or None when Kafka does not answer."""
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+                         "enable.auto.commit": False, "socket.timeout.ms": 3000})
+    try:
+        metadata = consumer.list_topics(topic, timeout=3)
+        partitions = [TopicPartition(topic, p) for p in metadata.topics[topic].partitions]
+        lag = 0
+        for tp in consumer.committed(partitions, timeout=3):
+            low, high = consumer.get_watermark_offsets(tp, timeout=3)
+            lag += high - (tp.offset if tp.offset >= 0 else low)
+        return lag
+    except KafkaException:
+        return None
+    finally:
+        consumer.close()
+
+
+def kafka_bootstrap(port: int) -> str:
+    return f"{endpoints.HOST}:{port}"
