@@ -135,7 +135,8 @@ def _histogram_quantile(metrics: dict[str, float], name: str, q: float) -> float
 
 def bridge_latency(settings: StackSettings, devices: list[str], rate: float, seconds: float,
                    tmp: Path) -> dict[str, Any]:
-    """Live stream at `rate` msgs/s in total: publish time (payload ts) -> Kafka LogAppendTime."""
+    """Live stream at `rate` msgs/s in total: publish time (payload ts, stamped when the device
+    sends it) -> Kafka LogAppendTime."""
     run_id = uuid.uuid4().hex[:8]
     bridge = BridgeProcess(settings, run_id, tmp)
     create_topics(bridge.kafka_bootstrap, bridge.readings_topic, bridge.dlq_topic,
@@ -148,7 +149,8 @@ def bridge_latency(settings: StackSettings, devices: list[str], rate: float, sec
     bridge.start()
     try:
         thread, stats = publish_in_background(settings, plan, window=100,
-                                              rate_per_device=per_device_rate, start_at=start_at)
+                                              rate_per_device=per_device_rate, start_at=start_at,
+                                              restamp=True)
         thread.join(seconds + 120)
         records = read_topic(bridge.kafka_bootstrap, bridge.readings_topic, expect=total,
                              timeout_s=120, identity=reading_id)
@@ -233,6 +235,8 @@ def run(messages: int = 60_000, devices: int = 20, latency_s: float = 20.0) -> d
         half = results["bridge"]["msgs_per_s"] / 2
         results["latency_at_half_rate"] = bridge_latency(settings, ids, half, latency_s, tmp)
         log.info("latency: %s", results["latency_at_half_rate"])
+        results["latency_at_1000"] = bridge_latency(settings, ids, 1000, latency_s, tmp)
+        log.info("latency at 1000 msgs/s: %s", results["latency_at_1000"])
         try:
             plan = _plan(ids, per_device, int(time.time() * 1000))
             results["peer"] = peer_drain(settings, plan, tmp)

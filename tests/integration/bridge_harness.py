@@ -138,6 +138,7 @@ async def _publish(
     rate_per_device: float,
     stats: Stats,
     start_at: float | None = None,
+    restamp: bool = False,
 ) -> None:
     clients = [
         DeviceClient(
@@ -158,6 +159,9 @@ async def _publish(
                 delay = started + i / rate_per_device - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
+            if restamp:
+                # ts = the actual send time (payloads of telemetry_payload start with "ts").
+                payload = b'{"ts":%d' % (time.time() * 1000) + payload[payload.index(b","):]
             await client.publish(payload)
         await asyncio.wait_for(client.drain(), 120)
 
@@ -184,11 +188,12 @@ def publish_in_background(
     window: int = 20,
     rate_per_device: float = 0.0,
     start_at: float | None = None,
+    restamp: bool = False,
 ) -> tuple[threading.Thread, Stats]:
     stats = Stats()
     thread = threading.Thread(
         target=lambda: asyncio.run(
-            _publish(settings, plan, window, rate_per_device, stats, start_at)
+            _publish(settings, plan, window, rate_per_device, stats, start_at, restamp)
         ),
         daemon=True,
     )
