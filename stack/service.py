@@ -5,6 +5,9 @@ from __future__ import annotations
 import logging
 import time
 from abc import ABC, abstractmethod
+from typing import Any
+
+import httpx
 
 from stack import process
 from stack.config import StackSettings
@@ -16,6 +19,20 @@ log = logging.getLogger(__name__)
 
 class NotReady(Exception):
     """A readiness check did not get its answer yet; the message names the check."""
+
+
+def http_ready(url: str, timeout_s: float = 2.0) -> Any:
+    """GET url and its JSON body (or None), or NotReady naming the URL and what went wrong."""
+    try:
+        response = httpx.get(url, timeout=timeout_s)
+    except httpx.HTTPError as exc:
+        raise NotReady(f"GET {url}: {exc.__class__.__name__}") from exc
+    if response.status_code != 200:
+        raise NotReady(f"GET {url}: HTTP {response.status_code}")
+    try:
+        return response.json()
+    except ValueError:
+        return None
 
 
 class Service(ABC):
@@ -59,7 +76,27 @@ class Service(ABC):
             **kwargs,  # type: ignore[arg-type]
         )
 
+    def own_ports(self) -> tuple[int, ...]:
+        """Ports only this service binds: held by anything else, the start fails at once."""
+        return ()
+
+    def adopt_marker(self) -> str | None:
+        """A command-line piece unique to our own process (a path under the stack dir), so a
+        process of ours whose pid file was lost is recorded again instead of started twice."""
+        return None
+
     def start(self) -> None:
+        marker = self.adopt_marker()
+        if marker is not None:
+            for spec in self.processes():
+                process.adopt(spec, marker)
+        if not self.running():
+            busy = [port for port in self.own_ports() if process.listening(port)]
+            if busy:
+                raise StackError(
+                    f"{self.name}: port(s) {busy} already in use by a process this stack did not "
+                    f"start (no pid file under {self.settings.run_dir}); stop it or change the port"
+                )
         for spec in self.processes():
             process.start(spec)
 

@@ -14,16 +14,7 @@ import httpx
 from gateway import endpoints
 from stack.errors import StackError
 from stack.process import ProcessSpec
-from stack.service import NotReady, Service
-
-
-def _http_ok(url: str) -> None:
-    try:
-        response = httpx.get(url, timeout=2.0)
-    except httpx.HTTPError as exc:
-        raise NotReady(f"GET {url}: {exc.__class__.__name__}") from exc
-    if response.status_code != 200:
-        raise NotReady(f"GET {url}: HTTP {response.status_code}")
+from stack.service import NotReady, Service, http_ready
 
 
 class _PythonService(Service):
@@ -46,7 +37,7 @@ class WriterService(_PythonService):
     module = "storage"
 
     def check_ready(self) -> None:
-        _http_ok(f"http://127.0.0.1:{endpoints.WRITER_METRICS_PORT}/metrics")
+        http_ready(f"http://127.0.0.1:{endpoints.WRITER_METRICS_PORT}/metrics")
 
     def describe(self) -> str:
         import time
@@ -65,7 +56,7 @@ class BridgeService(_PythonService):
     module = "bridge"
 
     def check_ready(self) -> None:
-        _http_ok(f"http://127.0.0.1:{endpoints.BRIDGE_METRICS_PORT}/health")
+        http_ready(f"http://127.0.0.1:{endpoints.BRIDGE_METRICS_PORT}/health")
 
     def describe(self) -> str:
         from stack.figures import scrape
@@ -82,7 +73,7 @@ class QueryApiService(_PythonService):
     module = "query_api"
 
     def check_ready(self) -> None:
-        _http_ok(f"http://127.0.0.1:{self.settings.query_api_port}/health")
+        http_ready(f"http://127.0.0.1:{self.settings.query_api_port}/health")
 
 
 class EmulatorService(_PythonService):

@@ -20,7 +20,7 @@ from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, S
 from cassandra.policies import RoundRobinPolicy
 
 from gateway import endpoints
-from stack import artifacts, process
+from stack import artifacts
 from stack.errors import StackError
 from stack.process import ProcessSpec
 from stack.service import NotReady, Service
@@ -215,20 +215,11 @@ class CassandraService(Service):
             "org.apache.cassandra.service.CassandraDaemon",
         ]
 
-    def start(self) -> None:
-        # Our own JVM whose pid file was lost is recorded again rather than started twice; a
-        # stranger on our ports is an error now, not a confusing bind failure in the log later.
-        for spec in self.processes():
-            process.adopt(spec, f"-Dcassandra.config=file://{self.config_file}")
-        if not self.running():
-            ports = (self.settings.cassandra_port, self.settings.cassandra_storage_port)
-            busy = [port for port in ports if process.listening(port)]
-            if busy:
-                raise StackError(
-                    f"{self.name}: port(s) {busy} already in use by a process this stack did not "
-                    f"start (no pid file under {self.settings.run_dir}); stop it or change the port"
-                )
-        super().start()
+    def own_ports(self) -> tuple[int, ...]:
+        return (self.settings.cassandra_port, self.settings.cassandra_storage_port)
+
+    def adopt_marker(self) -> str:
+        return f"-Dcassandra.config=file://{self.config_file}"
 
     def processes(self) -> list[ProcessSpec]:
         # Flushing memtables on SIGTERM can take a while; give it time before SIGKILL.

@@ -20,7 +20,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import httpx
 import yaml
 
 from gateway import endpoints
@@ -28,7 +27,7 @@ from stack import artifacts, process
 from stack.config import StackSettings
 from stack.errors import StackError
 from stack.process import ProcessSpec
-from stack.service import NotReady, Service
+from stack.service import NotReady, Service, http_ready
 
 log = logging.getLogger(__name__)
 
@@ -309,14 +308,7 @@ class FlinkService(Service):
         super().start()
 
     def _overview(self) -> dict[str, Any]:
-        url = f"{rest_url(self.settings)}/overview"
-        try:
-            response = httpx.get(url, timeout=2.0)
-        except httpx.HTTPError as exc:
-            raise NotReady(f"GET {url}: {exc.__class__.__name__}") from exc
-        if response.status_code != 200:
-            raise NotReady(f"GET {url}: HTTP {response.status_code}")
-        overview: dict[str, Any] = response.json()
+        overview: dict[str, Any] = http_ready(f"{rest_url(self.settings)}/overview")
         return overview
 
     def check_ready(self) -> None:

@@ -19,7 +19,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from gateway import topics
-from stack import artifacts, process
+from stack import artifacts
 from stack.errors import StackError
 from stack.process import ProcessSpec
 from stack.service import NotReady, Service
@@ -182,20 +182,11 @@ class KafkaService(Service):
             "-cp", artifacts.classpath(self.settings, self.name),
         ]
 
-    def start(self) -> None:
-        # Our own JVM whose pid file was lost is recorded again rather than started twice; a
-        # stranger on our ports is an error now, not a confusing bind failure in the log later.
-        for spec in self.processes():
-            process.adopt(spec, f"kafka.Kafka {self.config_file}")
-        if not self.running():
-            ports = (self.settings.kafka_port, self.settings.kafka_controller_port)
-            busy = [port for port in ports if process.listening(port)]
-            if busy:
-                raise StackError(
-                    f"{self.name}: port(s) {busy} already in use by a process this stack did not "
-                    f"start (no pid file under {self.settings.run_dir}); stop it or change the port"
-                )
-        super().start()
+    def own_ports(self) -> tuple[int, ...]:
+        return (self.settings.kafka_port, self.settings.kafka_controller_port)
+
+    def adopt_marker(self) -> str:
+        return f"kafka.Kafka {self.config_file}"
 
     def processes(self) -> list[ProcessSpec]:
         argv = [*self._java(), "kafka.Kafka", str(self.config_file)]

@@ -14,10 +14,9 @@ from pathlib import Path
 import httpx
 
 from gateway import endpoints
-from stack import process
 from stack.errors import StackError
 from stack.process import ProcessSpec
-from stack.service import NotReady, Service
+from stack.service import Service, http_ready
 from stack.services.keycloak_dist import (
     ADMIN_PASSWORD,
     ADMIN_USER,
@@ -58,15 +57,8 @@ class KeycloakService(Service):
             # The seeded database holds the current realm file's import.
             self._imported_marker.write_text(realm_digest() + "\n")
 
-    def start(self) -> None:
-        # A Keycloak we did not start (another clone) on our port: fail now, and clearly.
-        if not self.running() and process.listening(self.settings.keycloak_port):
-            raise StackError(
-                f"keycloak: port {self.settings.keycloak_port} is in use by a process this stack "
-                f"did not start (no pid file under {self.settings.run_dir}); stop it or set "
-                "IOT_KEYCLOAK_PORT"
-            )
-        super().start()
+    def own_ports(self) -> tuple[int, ...]:
+        return (self.settings.keycloak_port,)
 
     def processes(self) -> list[ProcessSpec]:
         home = self.kc_home
@@ -113,13 +105,7 @@ class KeycloakService(Service):
             raise StackError(f"keycloak: replacing realm {endpoints.KEYCLOAK_REALM}: {exc}") from exc
 
     def check_ready(self) -> None:
-        url = f"{self.base_url}/realms/{endpoints.KEYCLOAK_REALM}/.well-known/openid-configuration"
-        try:
-            response = httpx.get(url, timeout=2.0)
-        except httpx.HTTPError as exc:
-            raise NotReady(f"GET {url}: {exc.__class__.__name__}") from exc
-        if response.status_code != 200:
-            raise NotReady(f"GET {url}: HTTP {response.status_code}")
+        http_ready(f"{self.base_url}/realms/{endpoints.KEYCLOAK_REALM}/.well-known/openid-configuration")
 
     def describe(self) -> str:
         return f"{self.base_url}/realms/{endpoints.KEYCLOAK_REALM} (admin console: admin/admin)"
