@@ -34,7 +34,7 @@ from tests.conftest import ensure_services
 from tests.integration.bridge_harness import (
     BridgeProcess,
     create_topics,
-    private_settings,
+    private_stack,
     provision,
     publish,
     publish_in_background,
@@ -214,8 +214,7 @@ def run(messages: int = 60_000, devices: int = 20, latency_s: float = 20.0) -> d
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench-bridge-") as tmp_dir, \
             ensure_services({"cassandra"}), \
-            ensure_services({"mosquitto", "kafka"}, private_settings(Path(tmp_dir) / "stack")) \
-            as settings:
+            private_stack(Path(tmp_dir) / "stack") as settings:
         tmp = Path(tmp_dir)
         ids = [f"bench-br-{i:03d}" for i in range(devices)]
         provision(settings, ids)

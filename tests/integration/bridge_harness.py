@@ -8,6 +8,7 @@ MQTT session is ended on close, so no orphan session keeps receiving a share of 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -17,7 +18,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -343,6 +344,24 @@ def kafka_is_up(bootstrap: str) -> bool:
     except KafkaException:
         return False
     return True
+
+
+@contextlib.contextmanager
+def private_stack(stack_dir: Path, names: Iterable[str] = ("mosquitto", "kafka")
+                  ) -> Iterator[StackSettings]:
+    """Start the named services of a private stack (see private_settings); stop them after."""
+    from stack import orchestrator
+    from stack.services import all_services
+
+    settings = private_settings(stack_dir)
+    wanted = set(names)
+    services = [s for s in all_services(settings) if s.name in wanted]
+    try:
+        orchestrator.up(settings, only=wanted)
+        yield settings
+    finally:
+        for service in reversed(services):
+            service.stop()
 
 
 def private_settings(stack_dir: Path) -> StackSettings:

@@ -21,7 +21,7 @@ from tests.integration.bridge_harness import (
     KafkaRecord,
     create_topics,
     kafka_is_up,
-    private_settings,
+    private_stack,
     provision,
     publish,
     publish_in_background,
@@ -41,8 +41,8 @@ def stack(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[StackSettings]:
     """Shared Cassandra (the registry); Mosquitto and Kafka of this module's own."""
-    private = private_settings(tmp_path_factory.mktemp("bridge-stack"))
-    with services({"cassandra"}), services(PRIVATE, private) as settings:
+    with services({"cassandra"}), \
+            private_stack(tmp_path_factory.mktemp("bridge-stack"), PRIVATE) as settings:
         yield settings
 
 
