@@ -17,6 +17,8 @@ import struct
 import threading
 from collections.abc import Callable
 
+from gateway import mqtt_wire
+
 log = logging.getLogger(__name__)
 
 CONNECT, CONNACK, PUBLISH, PUBACK = 0x10, 0x20, 0x30, 0x40
@@ -27,22 +29,12 @@ class MqttProtocolError(Exception):
     """The broker refused us or broke the protocol; the connection is closed."""
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value % 128, value // 128
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
 def _utf8(text: str) -> bytes:
-    raw = text.encode()
-    return struct.pack("!H", len(raw)) + raw
+    return mqtt_wire.string(text.encode())
 
 
 def _packet(kind: int, body: bytes) -> bytes:
-    return bytes([kind]) + _varint(len(body)) + body
+    return bytes([kind]) + mqtt_wire.remaining_length(len(body)) + body
 
 
 def connect_packet(client_id: str, keepalive_s: int, session_expiry_s: int,
@@ -51,7 +43,7 @@ def connect_packet(client_id: str, keepalive_s: int, session_expiry_s: int,
         "!H", receive_maximum)
     flags = 0x02 if clean_start else 0x00
     body = (_utf8("MQTT") + bytes([5, flags]) + struct.pack("!H", keepalive_s)
-            + _varint(len(props)) + props + _utf8(client_id))
+            + mqtt_wire.remaining_length(len(props)) + props + _utf8(client_id))
     return _packet(CONNECT, body)
 
 

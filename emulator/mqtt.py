@@ -14,6 +14,8 @@ import struct
 from collections.abc import Callable
 from typing import cast
 
+from gateway import mqtt_wire
+
 CONNECT, CONNACK, PUBLISH, PUBACK, PINGREQ, PINGRESP, DISCONNECT = 1, 2, 3, 4, 12, 13, 14
 CONNACK_REASONS = {
     1: "unacceptable protocol version",
@@ -28,17 +30,8 @@ class MqttError(Exception):
     """The root error of the emulator's MQTT client."""
 
 
-def _remaining_length(length: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, length = length % 128, length // 128
-        out.append(byte | (0x80 if length else 0))
-        if not length:
-            return bytes(out)
-
-
-def _string(value: bytes) -> bytes:
-    return struct.pack("!H", len(value)) + value
+_remaining_length = mqtt_wire.remaining_length
+_string = mqtt_wire.string
 
 
 def connect_packet(client_id: str, keepalive_s: int, clean_session: bool = True) -> bytes:

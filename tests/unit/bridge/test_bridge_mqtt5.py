@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import struct
 
-from bridge.mqtt5 import Mqtt5Connection, _packet, _utf8, _varint, connect_packet
+from bridge.mqtt5 import Mqtt5Connection, _packet, _utf8, connect_packet
+from gateway.mqtt_wire import remaining_length as _varint
 
 
 def publish(topic: str, payload: bytes, packet_id: int, qos: int = 1, dup: bool = False) -> bytes:
