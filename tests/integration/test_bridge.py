@@ -192,7 +192,9 @@ def test_kill_9_mid_stream_then_restart_loses_nothing(
     bridge.start()
     thread.join(180)
     assert stats.acked == total
-    records = read_topic(bridge.kafka_bootstrap, bridge.readings_topic, expect=total, timeout_s=180)
+    # Distinct by (device, seq): a redelivered reading has another receivedAt, hence another value.
+    records = read_topic(bridge.kafka_bootstrap, bridge.readings_topic, expect=total, timeout_s=180,
+                         identity=reading_id)
     count, duplicates = check_complete(records, plan)
     print(f"\nkill -9: {total} published, {count} records in Kafka, {duplicates} duplicates")
     assert count == total + duplicates
