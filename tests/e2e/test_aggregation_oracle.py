@@ -142,6 +142,14 @@ def _restart_taskmanager(stack: StackSettings, rest: FlinkRest, job_id: str) -> 
 
 @pytest.mark.parametrize("kill_taskmanager", [False, True], ids=["undisturbed", "taskmanager-killed"])
 def test_rows_match_oracle(stack: StackSettings, cql: Session, kill_taskmanager: bool) -> None:
+    _run_oracle(stack, cql, kill_taskmanager)
+
+
+def _run_oracle(
+    stack: StackSettings, cql: Session, kill_taskmanager: bool
+) -> tuple[str, dict[Any, Agg], dict[Any, Agg], dict[Any, Agg]]:
+    """Send the data set through a job instance of its own; assert the Cassandra rows equal the
+    oracle; return (run id, expected 1m, 1h, all-time)."""
     from stack.services.flink import kafka_connector_jar
 
     run = uuid.uuid4().hex[:8]
@@ -206,3 +214,54 @@ def test_rows_match_oracle(stack: StackSettings, cql: Session, kill_taskmanager:
             rest.cancel(job_id)
         rest.close()
         admin.delete_topics([topic])
+    return run, minute, hour, all_time
+
+
+def test_api_serves_the_oracle_windows(services: Any) -> None:
+    """1m, 1h and all through the query API with a real token equal the oracle, for data whose
+    hours can close in a test's minutes (sent to Kafka with past event times)."""
+    from gateway.registry import DeviceRegistry
+    from gateway.registry import connect as registry_session
+    from tests.integration.query_api_support import password_token
+
+    with services({"kafka", "cassandra", "flink", "writer", "keycloak", "query-api"}) as settings:
+        cluster, session = connect([endpoints.HOST], settings.cassandra_port, endpoints.CASSANDRA_KEYSPACE)
+        try:
+            run, minute, hour, all_time = _run_oracle(settings, session, kill_taskmanager=False)
+        finally:
+            cluster.shutdown()
+        devices = sorted({k[0] for k in all_time})
+        registry_cql = registry_session([endpoints.HOST], settings.cassandra_port)
+        try:
+            registry = DeviceRegistry(registry_cql)
+            for device in devices:
+                registry.register(device, "tenant-a", f"oracle-{run}")
+        finally:
+            registry_cql.cluster.shutdown()
+        headers = {"Authorization": f"Bearer {password_token('client1')}"}
+        api = f"http://localhost:{settings.query_api_port}/query"
+        start, end = min(k[2] for k in minute), max(k[2] for k in minute) + 60_000
+        for device in devices:
+            for window, expected_rows in (("1m", minute), ("1h", hour)):
+                body = httpx.get(f"{api}/{device}/{window}", headers=headers, timeout=10,
+                                 params={"from": start, "to": end, "limit": 10_000}).json()
+                got = {(device, i["metric"], _iso_ms(i["windowStart"])): i for i in body["items"]}
+                want = {k: v for k, v in expected_rows.items() if k[0] == device}
+                assert got.keys() == want.keys(), (device, window)
+                for key, agg in want.items():
+                    item = got[key]
+                    assert (item["count"], item["min"], item["max"]) == (agg.count, agg.min, agg.max)
+                    assert close_enough(item["sum"], agg.sum) and close_enough(item["avg"], agg.avg)
+            items = httpx.get(f"{api}/{device}/all", headers=headers, timeout=10).json()["items"]
+            got_all = {(device, i["metric"]): i for i in items}
+            want_all = {k: v for k, v in all_time.items() if k[0] == device}
+            assert got_all.keys() == want_all.keys()
+            for pair, agg in want_all.items():
+                assert (got_all[pair]["count"], got_all[pair]["late"]) == (agg.count, agg.late)
+                assert close_enough(got_all[pair]["sum"], agg.sum)
+
+
+def _iso_ms(iso: str) -> int:
+    from datetime import datetime
+
+    return int(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() * 1000)
