@@ -45,12 +45,15 @@ from tests.integration.bridge_harness import (
 log = logging.getLogger("bench.bridge")
 
 
-def _plan(devices: list[str], per_device: int, ts0: int, rate_per_device: float = 0.0
-          ) -> dict[str, list[bytes]]:
+def _plan(
+    devices: list[str], per_device: int, ts0: int, rate_per_device: float = 0.0
+) -> dict[str, list[bytes]]:
     step = 1000.0 / rate_per_device if rate_per_device > 0 else 0.0
     return {
-        d: [telemetry_payload(ts0 + int(i * step), {"v": float(i), "w": 1.5}, seq=i, device_id=d)
-            for i in range(per_device)]
+        d: [
+            telemetry_payload(ts0 + int(i * step), {"v": float(i), "w": 1.5}, seq=i, device_id=d)
+            for i in range(per_device)
+        ]
         for d in devices
     }
 
@@ -66,17 +69,37 @@ def mosquitto_sub_drain(settings: StackSettings, plan: dict[str, list[bytes]]) -
     total = sum(len(p) for p in plan.values())
     client_id = f"bench-sub-{uuid.uuid4().hex[:6]}"
     base = [
-        shutil.which("mosquitto_sub") or "mosquitto_sub", "-h", "localhost",
-        "-p", str(settings.mqtt_port), "--cafile", str(identity.ca), "--cert", str(identity.cert),
-        "--key", str(identity.key), "-V", "5", "-i", client_id, "-c", "-x", "600",
-        "-D", "connect", "receive-maximum", "2000", "-q", "1",
-        "-t", f"$share/{client_id}/devices/+/telemetry",
+        shutil.which("mosquitto_sub") or "mosquitto_sub",
+        "-h",
+        "localhost",
+        "-p",
+        str(settings.mqtt_port),
+        "--cafile",
+        str(identity.ca),
+        "--cert",
+        str(identity.cert),
+        "--key",
+        str(identity.key),
+        "-V",
+        "5",
+        "-i",
+        client_id,
+        "-c",
+        "-x",
+        "600",
+        "-D",
+        "connect",
+        "receive-maximum",
+        "2000",
+        "-q",
+        "1",
+        "-t",
+        f"$share/{client_id}/devices/+/telemetry",
     ]
     subprocess.run([*base, "-E"], check=True, timeout=30)  # session + subscription, then exit
     publish(settings, plan, window=100)
     started = time.monotonic()
-    result = subprocess.run([*base, "-C", str(total)], stdout=subprocess.PIPE, timeout=600,
-                            check=True)
+    result = subprocess.run([*base, "-C", str(total)], stdout=subprocess.PIPE, timeout=600, check=True)
     elapsed = time.monotonic() - started
     received = result.stdout.count(b"\n")
     # End the session (clean start, no expiry) so that it stops collecting a share.
@@ -84,15 +107,20 @@ def mosquitto_sub_drain(settings: StackSettings, plan: dict[str, list[bytes]]) -
     return {"messages": received, "seconds": round(elapsed, 2), "msgs_per_s": round(received / elapsed)}
 
 
-def bridge_drain(settings: StackSettings, plan: dict[str, list[bytes]], tmp: Path,
-                 instances: int = 1) -> dict[str, Any]:
+def bridge_drain(
+    settings: StackSettings, plan: dict[str, list[bytes]], tmp: Path, instances: int = 1
+) -> dict[str, Any]:
     """The bridge: the same backlog, each message PUBACKed only after Kafka confirmed it.
     With instances > 1, that many bridges share the subscription group (bridge-1, -2, ...)."""
     run_id = uuid.uuid4().hex[:8]
     bridges = [BridgeProcess(settings, run_id, tmp, instance=i + 1) for i in range(instances)]
     bridge = bridges[0]
-    create_topics(bridge.kafka_bootstrap, bridge.readings_topic, bridge.dlq_topic,
-                  config={"message.timestamp.type": "LogAppendTime"})
+    create_topics(
+        bridge.kafka_bootstrap,
+        bridge.readings_topic,
+        bridge.dlq_topic,
+        config={"message.timestamp.type": "LogAppendTime"},
+    )
     total = sum(len(p) for p in plan.values())
     for each in bridges:
         each.start()  # creates the persistent session and subscription
@@ -102,18 +130,23 @@ def bridge_drain(settings: StackSettings, plan: dict[str, list[bytes]], tmp: Pat
         publish(settings, plan, window=100)
         for each in bridges:
             each.start()
-        records = read_topic(bridge.kafka_bootstrap, bridge.readings_topic, expect=total,
-                             timeout_s=600, identity=reading_id)
+        records = read_topic(
+            bridge.kafka_bootstrap, bridge.readings_topic, expect=total, timeout_s=600, identity=reading_id
+        )
         appended = sorted(r.timestamp_ms for r in records)
         distinct = len({reading_id(r) for r in records})
         # Kafka's own clock: first to last append, plus one mean inter-arrival for the first.
         span_s = (appended[-1] - appended[0]) / 1000 * len(appended) / max(1, len(appended) - 1)
         metrics = bridge.metrics()
         return {
-            "instances": instances, "messages": total, "in_kafka": len(records),
+            "instances": instances,
+            "messages": total,
+            "in_kafka": len(records),
             "distinct": distinct,
-            "lost": total - distinct, "duplicates": len(records) - distinct,
-            "seconds": round(span_s, 2), "msgs_per_s": round(distinct / span_s),
+            "lost": total - distinct,
+            "duplicates": len(records) - distinct,
+            "seconds": round(span_s, 2),
+            "msgs_per_s": round(distinct / span_s),
             "broker_dropped": metrics["bridge_mosquitto_dropped_messages"],
         }
     finally:
@@ -124,7 +157,8 @@ def bridge_drain(settings: StackSettings, plan: dict[str, list[bytes]], tmp: Pat
 def _histogram_quantile(metrics: dict[str, float], name: str, q: float) -> float:
     buckets = sorted(
         (float(k.split('le="')[1].rstrip('"}')), v)
-        for k, v in metrics.items() if k.startswith(f"{name}_bucket")
+        for k, v in metrics.items()
+        if k.startswith(f"{name}_bucket")
     )
     total = buckets[-1][1]
     for upper, count in buckets:
@@ -133,14 +167,19 @@ def _histogram_quantile(metrics: dict[str, float], name: str, q: float) -> float
     return float("inf")
 
 
-def bridge_latency(settings: StackSettings, devices: list[str], rate: float, seconds: float,
-                   tmp: Path) -> dict[str, Any]:
+def bridge_latency(
+    settings: StackSettings, devices: list[str], rate: float, seconds: float, tmp: Path
+) -> dict[str, Any]:
     """Live stream at `rate` msgs/s in total: publish time (payload ts, stamped when the device
     sends it) -> Kafka LogAppendTime."""
     run_id = uuid.uuid4().hex[:8]
     bridge = BridgeProcess(settings, run_id, tmp)
-    create_topics(bridge.kafka_bootstrap, bridge.readings_topic, bridge.dlq_topic,
-                  config={"message.timestamp.type": "LogAppendTime"})
+    create_topics(
+        bridge.kafka_bootstrap,
+        bridge.readings_topic,
+        bridge.dlq_topic,
+        config={"message.timestamp.type": "LogAppendTime"},
+    )
     per_device_rate = rate / len(devices)
     per_device = max(1, int(per_device_rate * seconds))
     start_at = time.time() + 5.0  # time for every device to connect
@@ -148,18 +187,22 @@ def bridge_latency(settings: StackSettings, devices: list[str], rate: float, sec
     total = per_device * len(devices)
     bridge.start()
     try:
-        thread, stats = publish_in_background(settings, plan, window=100,
-                                              rate_per_device=per_device_rate, start_at=start_at,
-                                              restamp=True)
+        thread, stats = publish_in_background(
+            settings, plan, window=100, rate_per_device=per_device_rate, start_at=start_at, restamp=True
+        )
         thread.join(seconds + 120)
-        records = read_topic(bridge.kafka_bootstrap, bridge.readings_topic, expect=total,
-                             timeout_s=120, identity=reading_id)
+        records = read_topic(
+            bridge.kafka_bootstrap, bridge.readings_topic, expect=total, timeout_s=120, identity=reading_id
+        )
         latencies = [float(r.timestamp_ms - int(r.json()["ts"])) for r in records]  # type: ignore[call-overload]
         metrics = bridge.metrics()
         name = "bridge_publish_to_kafka_seconds"
         return {
-            "rate_msgs_per_s": round(rate), "messages": total, "in_kafka": len(records),
-            "p50_ms": _pct(latencies, 0.50), "p99_ms": _pct(latencies, 0.99),
+            "rate_msgs_per_s": round(rate),
+            "messages": total,
+            "in_kafka": len(records),
+            "p50_ms": _pct(latencies, 0.50),
+            "p99_ms": _pct(latencies, 0.99),
             "max_ms": max(latencies) if latencies else float("nan"),
             "mean_ms": round(statistics.fmean(latencies), 1) if latencies else float("nan"),
             # The bridge's own share (MQTT receipt -> Kafka confirmation), histogram upper bounds.
@@ -171,18 +214,19 @@ def bridge_latency(settings: StackSettings, devices: list[str], rate: float, sec
         bridge.close()
 
 
-def peer_drain(settings: StackSettings, plan: dict[str, list[bytes]], tmp: Path
-               ) -> dict[str, Any]:
+def peer_drain(settings: StackSettings, plan: dict[str, list[bytes]], tmp: Path) -> dict[str, Any]:
     """mq-bridge (bench/peers/bridge_peer.py) on the same backlog; flechtwerk cannot run here."""
     from bench.peers.bridge_peer import PeerProcess, route_config
 
     run_id = uuid.uuid4().hex[:8]
     topic = f"bench.peer.{run_id}"
-    create_topics(f"localhost:{settings.kafka_port}", topic,
-                  config={"message.timestamp.type": "LogAppendTime"})
+    create_topics(
+        f"localhost:{settings.kafka_port}", topic, config={"message.timestamp.type": "LogAppendTime"}
+    )
     client_id = f"bench-peer-{run_id}"
-    peer = PeerProcess(settings, route_config(settings, client_id, client_id, topic),
-                       tmp / f"peer-{run_id}.log")
+    peer = PeerProcess(
+        settings, route_config(settings, client_id, client_id, topic), tmp / f"peer-{run_id}.log"
+    )
     total = sum(len(p) for p in plan.values())
     peer.start()
     time.sleep(5)  # connect and subscribe: the session then exists
@@ -192,29 +236,33 @@ def peer_drain(settings: StackSettings, plan: dict[str, list[bytes]], tmp: Path
     publish(settings, plan, window=100)
     peer.start()
     try:
-        records = read_topic(f"localhost:{settings.kafka_port}", topic, expect=total,
-                             timeout_s=300)
+        records = read_topic(f"localhost:{settings.kafka_port}", topic, expect=total, timeout_s=300)
     finally:
         peer.stop()
     if not records:
-        return {"ran": False, "why": "nothing reached Kafka; log: "
-                + peer.log_file.read_text()[-1500:]}
+        return {"ran": False, "why": "nothing reached Kafka; log: " + peer.log_file.read_text()[-1500:]}
     appended = sorted(r.timestamp_ms for r in records)
     distinct = len({r.value for r in records})
-    span_s = max(0.001, (appended[-1] - appended[0]) / 1000 * len(appended)
-                 / max(1, len(appended) - 1))
+    span_s = max(0.001, (appended[-1] - appended[0]) / 1000 * len(appended) / max(1, len(appended) - 1))
     return {
-        "ran": True, "package": "mq-bridge 1.2.0", "messages": total, "in_kafka": len(records),
-        "lost": total - distinct, "duplicates": len(records) - distinct,
-        "seconds": round(span_s, 2), "msgs_per_s": round(distinct / span_s),
+        "ran": True,
+        "package": "mq-bridge 1.2.0",
+        "messages": total,
+        "in_kafka": len(records),
+        "lost": total - distinct,
+        "duplicates": len(records) - distinct,
+        "seconds": round(span_s, 2),
+        "msgs_per_s": round(distinct / span_s),
     }
 
 
 def run(messages: int = 60_000, devices: int = 20, latency_s: float = 20.0) -> dict[str, Any]:
     results: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="bench-bridge-") as tmp_dir, \
-            ensure_services({"cassandra"}), \
-            private_stack(Path(tmp_dir) / "stack") as settings:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-bridge-") as tmp_dir,
+        ensure_services({"cassandra"}),
+        private_stack(Path(tmp_dir) / "stack") as settings,
+    ):
         tmp = Path(tmp_dir)
         ids = [f"bench-br-{i:03d}" for i in range(devices)]
         provision(settings, ids)

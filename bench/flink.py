@@ -39,17 +39,32 @@ PEER_VENV = "peers-venv"
 
 
 def _produce_backlog(bootstrap: str, topic: str, count: int) -> float:
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 50, "batch.size": 1_000_000,
-                         "compression.type": "lz4", "queue.buffering.max.messages": 1_000_000})
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 50,
+            "batch.size": 1_000_000,
+            "compression.type": "lz4",
+            "queue.buffering.max.messages": 1_000_000,
+        }
+    )
     rng = random.Random(1)
     base = int(time.time() * 1000) - 6 * 3_600_000
     started = time.monotonic()
     for i in range(count):
         device = f"bench-{i % DEVICES:05d}"
-        value = {"deviceId": device, "tenant": "bench", "ts": base + (i // DEVICES) * 1000,
-                 "metrics": {"temperature": 20 + rng.random(), "humidity": 40 + rng.random(),
-                             "battery": 90 + rng.random()}, "seq": i // DEVICES,
-                 "receivedAt": int(time.time() * 1000)}
+        value = {
+            "deviceId": device,
+            "tenant": "bench",
+            "ts": base + (i // DEVICES) * 1000,
+            "metrics": {
+                "temperature": 20 + rng.random(),
+                "humidity": 40 + rng.random(),
+                "battery": 90 + rng.random(),
+            },
+            "seq": i // DEVICES,
+            "receivedAt": int(time.time() * 1000),
+        }
         while True:
             try:
                 producer.produce(topic, key=device.encode(), value=json.dumps(value).encode())
@@ -85,10 +100,17 @@ def _flink_throughput(stack: StackSettings, bootstrap: str, topic: str, run: str
         fut.result(30)
     parallelism = int(os.environ.get("IOT_BENCH_FLINK_PARALLELISM", "2"))
     settings = FlinkJobSettings(
-        job_name=f"bench-{run}", source_topic=topic, consumer_group=f"bench-{run}",
-        sink_topic_1m=sinks[0], sink_topic_1h=sinks[1], sink_topic_all=sinks[2],
-        kafka_bootstrap=bootstrap, rest_url=f"http://localhost:{stack.flink_rest_port}",
-        connector_jar=kafka_connector_jar(stack), checkpoint_interval_s=2, parallelism=parallelism,
+        job_name=f"bench-{run}",
+        source_topic=topic,
+        consumer_group=f"bench-{run}",
+        sink_topic_1m=sinks[0],
+        sink_topic_1h=sinks[1],
+        sink_topic_all=sinks[2],
+        kafka_bootstrap=bootstrap,
+        rest_url=f"http://localhost:{stack.flink_rest_port}",
+        connector_jar=kafka_connector_jar(stack),
+        checkpoint_interval_s=2,
+        parallelism=parallelism,
         checkpoint_dir=stack.stack_dir / "flink" / "bench-checkpoints",
     )
     rest = FlinkRest(settings.rest_url)
@@ -106,8 +128,11 @@ def _flink_throughput(stack: StackSettings, bootstrap: str, topic: str, run: str
         rest.cancel(job_id)
         rest.close()
         admin.delete_topics(sinks)
-    return {"seconds": round(seconds, 1), "readings_per_s": round(READINGS / seconds),
-            "parallelism": parallelism}
+    return {
+        "seconds": round(seconds, 1),
+        "readings_per_s": round(READINGS / seconds),
+        "parallelism": parallelism,
+    }
 
 
 def _peer_python(stack: StackSettings) -> Path:
@@ -121,11 +146,15 @@ def _peer_python(stack: StackSettings) -> Path:
 
 def _peer_throughput(stack: StackSettings, bootstrap: str, topic: str) -> dict[str, Any]:
     script = Path(__file__).parent / "peers" / "quix_window.py"
-    result = subprocess.run([str(_peer_python(stack)), str(script), bootstrap, topic, str(READINGS)],
-                            capture_output=True, text=True, timeout=3600, check=True)
+    result = subprocess.run(
+        [str(_peer_python(stack)), str(script), bootstrap, topic, str(READINGS)],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        check=True,
+    )
     figures = json.loads(result.stdout.strip().splitlines()[-1])
-    return {"seconds": round(figures["seconds"], 1),
-            "readings_per_s": round(READINGS / figures["seconds"])}
+    return {"seconds": round(figures["seconds"], 1), "readings_per_s": round(READINGS / figures["seconds"])}
 
 
 def _freshness(stack: StackSettings, bootstrap: str, run: str, minutes: int = 3) -> dict[str, Any]:
@@ -141,17 +170,23 @@ def _freshness(stack: StackSettings, bootstrap: str, run: str, minutes: int = 3)
             now = time.time()
             if now >= next_send:
                 for device in devices:
-                    value = {"deviceId": device, "tenant": "bench", "ts": int(now * 1000),
-                             "metrics": {"temperature": 21.0}, "receivedAt": int(now * 1000)}
-                    producer.produce(topics.KAFKA_READINGS, key=device.encode(),
-                                     value=json.dumps(value).encode())
+                    value = {
+                        "deviceId": device,
+                        "tenant": "bench",
+                        "ts": int(now * 1000),
+                        "metrics": {"temperature": 21.0},
+                        "receivedAt": int(now * 1000),
+                    }
+                    producer.produce(
+                        topics.KAFKA_READINGS, key=device.encode(), value=json.dumps(value).encode()
+                    )
                 producer.poll(0)
                 next_send += 1.0
             for device in devices:
                 bucket = bucket_month(int(now * 1000))
                 for row in session.execute(
-                    "SELECT window_end FROM agg_1m WHERE device_id=%s AND bucket_month=%s",
-                    (device, bucket)):
+                    "SELECT window_end FROM agg_1m WHERE device_id=%s AND bucket_month=%s", (device, bucket)
+                ):
                     key = (device, int(row.window_end.timestamp()))
                     seen.setdefault(key, time.time() - row.window_end.timestamp())
             time.sleep(0.5)
@@ -161,9 +196,12 @@ def _freshness(stack: StackSettings, bootstrap: str, run: str, minutes: int = 3)
     delays = sorted(seen.values())
     if not delays:
         return {"error": "no 1-minute rows appeared: is `make up` running?"}
-    return {"windows": len(delays), "p50_s": round(statistics.median(delays), 1),
-            "p99_s": round(delays[min(len(delays) - 1, int(0.99 * len(delays)))], 1),
-            "target_s": 15}
+    return {
+        "windows": len(delays),
+        "p50_s": round(statistics.median(delays), 1),
+        "p99_s": round(delays[min(len(delays) - 1, int(0.99 * len(delays)))], 1),
+        "target_s": 15,
+    }
 
 
 def run() -> dict[str, Any]:
@@ -180,8 +218,10 @@ def run() -> dict[str, Any]:
     finally:
         admin.delete_topics([topic])
     return {
-        "readings": READINGS, "produce_seconds": round(produce_s, 1),
-        "flink": flink, "python_peer_quixstreams": peer,
+        "readings": READINGS,
+        "produce_seconds": round(produce_s, 1),
+        "flink": flink,
+        "python_peer_quixstreams": peer,
         "flink_vs_peer": round(flink["readings_per_s"] / peer["readings_per_s"], 2),
         "targets": {"readings_per_s": 50_000, "vs_peer": 3.0},
         "freshness_1m": _freshness(stack, bootstrap, run_id),

@@ -79,8 +79,10 @@ class CpuMeter:
 
     def per_message(self, messages: int) -> dict[str, float]:
         n = max(1, messages)
-        return {"client_cpu_us_per_msg": round(self.client_s / n * 1e6, 1),
-                "broker_cpu_us_per_msg": round(self.broker_s / n * 1e6, 1)}
+        return {
+            "client_cpu_us_per_msg": round(self.client_s / n * 1e6, 1),
+            "broker_cpu_us_per_msg": round(self.broker_s / n * 1e6, 1),
+        }
 
 
 def connections(settings: StackSettings, devices: int, hold_s: float = 20.0) -> dict[str, Any]:
@@ -88,9 +90,16 @@ def connections(settings: StackSettings, devices: int, hold_s: float = 20.0) -> 
     nobody disconnects before the last one has published, so the peak is held at once."""
     broker = MosquittoService(settings)
     config = FleetConfig(
-        pki_dir=settings.pki_dir, devices=devices, rate=1.0 / hold_s, count=1,
-        prefix="bench-conn", port=settings.mqtt_port, connect_concurrency=128,
-        keepalive_s=300, progress_interval_s=5.0, drain_timeout_s=60.0,
+        pki_dir=settings.pki_dir,
+        devices=devices,
+        rate=1.0 / hold_s,
+        count=1,
+        prefix="bench-conn",
+        port=settings.mqtt_port,
+        connect_concurrency=128,
+        keepalive_s=300,
+        progress_interval_s=5.0,
+        drain_timeout_s=60.0,
     )
     peak: dict[str, float] = {"broker_rss_mib": 0.0, "emulator_rss_mib": 0.0}
 
@@ -116,8 +125,7 @@ def connections(settings: StackSettings, devices: int, hold_s: float = 20.0) -> 
         "target": devices,
         "peak_connected": result.peak_connected,
         "connect_s": round(result.connect_s, 1),
-        "connects_per_s": round(result.peak_connected / result.connect_s, 1)
-        if result.connect_s else 0.0,
+        "connects_per_s": round(result.peak_connected / result.connect_s, 1) if result.connect_s else 0.0,
         "acked": result.acked,
         "unacked": result.unacked,
         "connect_errors": result.connect_errors,
@@ -131,15 +139,23 @@ def connections(settings: StackSettings, devices: int, hold_s: float = 20.0) -> 
 
 def emulator_rate(settings: StackSettings, devices: int, messages: int) -> dict[str, Any]:
     config = FleetConfig(
-        pki_dir=settings.pki_dir, devices=devices, rate=0.0, count=max(1, messages // devices),
-        prefix="bench-rate", port=settings.mqtt_port, window=100, progress_interval_s=5.0,
+        pki_dir=settings.pki_dir,
+        devices=devices,
+        rate=0.0,
+        count=max(1, messages // devices),
+        prefix="bench-rate",
+        port=settings.mqtt_port,
+        window=100,
+        progress_interval_s=5.0,
     )
     with CpuMeter(settings) as cpu:
         result = run_emulator(config)
     return {
         "client": f"emulator ({devices} TLS connections, window 100)",
-        "acked": result.acked, "unacked": result.unacked,
-        "seconds": round(result.publish_s, 2), "acks_per_s": round(result.ack_rate),
+        "acked": result.acked,
+        "unacked": result.unacked,
+        "seconds": round(result.publish_s, 2),
+        "acks_per_s": round(result.ack_rate),
         **cpu.per_message(result.acked),
     }
 
@@ -162,9 +178,24 @@ def mosquitto_pub_rate(settings: StackSettings, clients: int, messages: int) -> 
             for i in range(per_client)
         )
         argv = [
-            binary, "-h", "localhost", "-p", str(settings.mqtt_port), "-q", "1", "-l",
-            "--cafile", str(identity.ca), "--cert", str(identity.cert), "--key", str(identity.key),
-            "-i", device_id, "-t", topics.telemetry_topic(device_id),
+            binary,
+            "-h",
+            "localhost",
+            "-p",
+            str(settings.mqtt_port),
+            "-q",
+            "1",
+            "-l",
+            "--cafile",
+            str(identity.ca),
+            "--cert",
+            str(identity.cert),
+            "--key",
+            str(identity.key),
+            "-i",
+            device_id,
+            "-t",
+            topics.telemetry_topic(device_id),
         ]
         inputs.append((argv, lines))
     errors = []
@@ -181,8 +212,11 @@ def mosquitto_pub_rate(settings: StackSettings, clients: int, messages: int) -> 
     total = per_client * clients
     return {
         "client": f"mosquitto_pub -l -q 1 ({clients} processes)",
-        "messages": total, "seconds": round(elapsed, 2),
-        "acks_per_s": round(total / elapsed), "errors": errors, **cpu.per_message(total),
+        "messages": total,
+        "seconds": round(elapsed, 2),
+        "acks_per_s": round(total / elapsed),
+        "errors": errors,
+        **cpu.per_message(total),
     }
 
 
@@ -197,7 +231,9 @@ def bench_settings(shared: bool = False) -> StackSettings:
 
 
 def run(
-    devices: int = 10_000, messages: int = 200_000, parts: frozenset[str] = frozenset(PARTS),
+    devices: int = 10_000,
+    messages: int = 200_000,
+    parts: frozenset[str] = frozenset(PARTS),
     shared: bool = False,
 ) -> dict[str, Any]:
     settings = bench_settings(shared)
@@ -263,12 +299,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--devices", type=int, default=10_000)
     parser.add_argument("--messages", type=int, default=200_000)
     parser.add_argument("--only", choices=PARTS, help="run one part of the benchmark")
-    parser.add_argument("--shared", action="store_true",
-                        help="measure the stack's broker on the contract port instead")
+    parser.add_argument(
+        "--shared", action="store_true", help="measure the stack's broker on the contract port instead"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     parts = frozenset([args.only] if args.only else PARTS)
     results = run(args.devices, args.messages, parts, shared=args.shared)
     if args.json:

@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 REQUESTS = 20_000
 WARMUP = 1_000
 CONCURRENCY = 16
+# The target rate: latency is measured at it, paced, besides the closed loop's maximum.
+TARGET_RPS = 1_500
+PACED_SECONDS = 20
 # What the emulator sends (emulator/device.py): 60 windows x 3 metrics = 180 rows per answer.
 METRICS = ("battery", "humidity", "temperature")
 
@@ -51,7 +54,7 @@ def _percentile(samples: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-def _figures(latencies: list[float], elapsed: float) -> dict[str, float]:
+def _figures(latencies: list[float], elapsed: float) -> dict[str, Any]:
     return {
         "requests": len(latencies),
         "rps": round(len(latencies) / elapsed, 1),
@@ -63,7 +66,7 @@ def _figures(latencies: list[float], elapsed: float) -> dict[str, float]:
 
 async def _http_load(
     host: str, port: int, path: str, token: str, total: int, concurrency: int
-) -> dict[str, float]:
+) -> dict[str, Any]:
     request = (
         f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {token}\r\n\r\n"
     ).encode()
@@ -78,18 +81,8 @@ async def _http_load(
             while remaining > 0:
                 remaining -= 1
                 started = time.perf_counter()
-                writer.write(request)
-                head = await reader.readuntil(b"\r\n\r\n")
-                status = int(head[9:12])
-                length = next(
-                    int(line.split(b":", 1)[1])
-                    for line in head.split(b"\r\n")
-                    if line.lower().startswith(b"content-length:")
-                )
-                body = await reader.readexactly(length)
+                await _exchange(reader, writer, request, errors)
                 latencies.append(time.perf_counter() - started)
-                if status != 200:
-                    errors.append(f"{status} {body[:200]!r}")
         finally:
             writer.close()
 
@@ -101,9 +94,61 @@ async def _http_load(
     return _figures(latencies, elapsed)
 
 
+async def _exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes, errors: list[str]
+) -> None:
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    body = await reader.readexactly(length)
+    if status != 200:
+        errors.append(f"{status} {body[:200]!r}")
+
+
+async def _http_paced(
+    host: str, port: int, path: str, token: str, rate: float, seconds: float, concurrency: int
+) -> dict[str, Any]:
+    """An open loop at `rate` requests/s: request i is due at start + i/rate, and its latency
+    counts from when it was due, so a stalled server is charged for the requests it held back
+    (no coordinated omission)."""
+    request = (
+        f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {token}\r\n\r\n"
+    ).encode()
+    total = int(rate * seconds)
+    latencies: list[float] = []
+    errors: list[str] = []
+    begin = time.perf_counter() + 0.1
+
+    async def connection(first: int) -> None:
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            for i in range(first, total, concurrency):
+                due = begin + i / rate
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                await _exchange(reader, writer, request, errors)
+                latencies.append(time.perf_counter() - due)
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(connection(k) for k in range(concurrency)))
+    elapsed = time.perf_counter() - begin
+    if errors:
+        raise RuntimeError(f"{len(errors)} non-200 answers, first: {errors[0]}")
+    figures = _figures(latencies, elapsed)
+    figures["target_rps"] = rate
+    return figures
+
+
 def _driver_load(
     session: Session, device: str, start_ms: int, end_ms: int, total: int, concurrency: int
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """The same read the API does, straight through cassandra-driver's execute_async."""
     statement = session.prepare(
         "SELECT window_start, window_end, metric, count, sum, min, max, avg FROM iot.agg_1m"
@@ -175,6 +220,32 @@ def _month_start(millis: int) -> int:
     return int(time.mktime((tm.tm_year, tm.tm_mon, 1, 0, 0, 0, 0, 0, 0)) - time.timezone) * 1000
 
 
+def _api_load(
+    log_file: Path,
+    env: dict[str, str],
+    path: str,
+    token: str,
+    requests: int,
+    concurrency: int,
+    warmup: int,
+    paced_rps: float = 0,
+) -> dict[str, Any]:
+    """`python -m query_api` (one worker) under the closed-loop load, plus its CPU per request."""
+    with running_api(log_file, env) as running:
+        host, port = running.base.removeprefix("http://").split(":")
+        asyncio.run(_http_load(host, int(port), path, token, warmup, concurrency))
+        cpu_before = _process_cpu_s(running.pid)
+        figures = asyncio.run(_http_load(host, int(port), path, token, requests, concurrency))
+        figures["server_cpu_ms_per_request"] = round(
+            (_process_cpu_s(running.pid) - cpu_before) * 1000 / requests, 3
+        )
+        if paced_rps:
+            figures["paced"] = asyncio.run(
+                _http_paced(host, int(port), path, token, paced_rps, PACED_SECONDS, concurrency)
+            )
+    return figures
+
+
 def run(requests: int = REQUESTS, concurrency: int = CONCURRENCY, warmup: int = WARMUP) -> dict[str, Any]:
     with ensure_services({"cassandra", "keycloak"}) as stack:
         profile = ExecutionProfile(
@@ -204,21 +275,25 @@ def run(requests: int = REQUESTS, concurrency: int = CONCURRENCY, warmup: int = 
         token = password_token("client1")
         # The API's default range for 1m is exactly the last hour.
         path = f"/query/{device}/1m"
-        log_file = Path(tempfile.mkdtemp(prefix="bench-query-api-")) / "query-api.log"
-        with running_api(log_file) as running:
-            host, port = running.base.removeprefix("http://").split(":")
-            asyncio.run(_http_load(host, int(port), path, token, warmup, concurrency))
-            cpu_before = _process_cpu_s(running.pid)
-            api = asyncio.run(_http_load(host, int(port), path, token, requests, concurrency))
-            api["server_cpu_ms_per_request"] = round(
-                (_process_cpu_s(running.pid) - cpu_before) * 1000 / requests, 3
-            )
+        log_dir = Path(tempfile.mkdtemp(prefix="bench-query-api-"))
+        api = _api_load(log_dir / "query-api.log", {}, path, token, requests, concurrency, warmup, TARGET_RPS)
+        # The same API with its answer cache off: every request is a Cassandra read.
+        uncached = _api_load(
+            log_dir / "query-api-nocache.log",
+            {"IOT_RESULT_CACHE_S": "0"},
+            path,
+            token,
+            requests,
+            concurrency,
+            warmup,
+        )
     return {
         "benchmark": "query_api",
         "read": f"/query/{{id}}/1m, last hour, {(end_ms - start_ms) // 60_000} windows x "
         f"{len(METRICS)} metrics",
         "concurrency": concurrency,
         "api_one_worker": api,
+        "api_one_worker_cache_off": uncached,
         "raw_driver": raw,
         "api_vs_raw": round(api["rps"] / raw["rps"], 3),
     }

@@ -22,8 +22,13 @@ from stack.config import StackSettings
 
 def _iot(args: list[str], env: dict[str, str]) -> float:
     started = time.monotonic()
-    subprocess.run([sys.executable, "-m", "stack.cli", *args], env=env, check=True,
-                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "stack.cli", *args],
+        env=env,
+        check=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+    )
     return time.monotonic() - started
 
 
@@ -44,15 +49,28 @@ def _first_window_seconds(settings: StackSettings, started: float, deadline_s: f
 
     from gateway import endpoints
 
-    token_url = (f"http://localhost:{settings.keycloak_port}/realms/{endpoints.KEYCLOAK_REALM}"
-                 "/protocol/openid-connect/token")
-    token = httpx.post(token_url, data={
-        "grant_type": "password", "client_id": endpoints.KEYCLOAK_CLIENT_ID,
-        "username": "client1", "password": "temp"}, timeout=10).json()["access_token"]
+    token_url = (
+        f"http://localhost:{settings.keycloak_port}/realms/{endpoints.KEYCLOAK_REALM}"
+        "/protocol/openid-connect/token"
+    )
+    token = httpx.post(
+        token_url,
+        data={
+            "grant_type": "password",
+            "client_id": endpoints.KEYCLOAK_CLIENT_ID,
+            "username": "client1",
+            "password": "temp",
+        },
+        timeout=10,
+    ).json()["access_token"]
     url = f"http://localhost:{settings.query_api_port}/query/dev-00000/1m"
     while time.time() - started < deadline_s:
-        response = httpx.get(url, params={"from": int(started * 1000)},
-                             headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        response = httpx.get(
+            url,
+            params={"from": int(started * 1000)},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
         if response.status_code == 200 and response.json()["items"]:
             return time.time() - started
         time.sleep(1)

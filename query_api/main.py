@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import random
 from collections.abc import AsyncIterator
@@ -18,6 +19,7 @@ from query_api.db import CassandraStore
 from query_api.errors import QueryApiError, Unauthorized
 from query_api.observability import ApiMetrics, MetricsMiddleware
 from query_api.repository import AggregateReader, AggregateRepository
+from query_api.result_cache import CachedReader
 from query_api.routes import health, metrics, query
 from query_api.state import AppState
 
@@ -63,6 +65,8 @@ def create_app(
             real = AggregateRepository(store, settings.registry_cache_s, settings.registry_miss_cache_s)
             connecting = asyncio.create_task(_keep_connecting(store, real))
             reader = real
+        if settings.result_cache_s > 0:
+            reader = CachedReader(reader, settings.result_cache_s, settings.result_cache_entries)
         app.state.iot = AppState(
             settings=settings,
             metrics=api_metrics,
@@ -76,6 +80,10 @@ def create_app(
         if connecting is not None:
             # Serve once Cassandra answers, or after a few seconds anyway (503s, /health says why).
             await asyncio.wait({connecting}, timeout=settings.cassandra_timeout_s)
+        # What start-up built (driver metadata, the app, the keys) lives as long as the process:
+        # out of the collector's sight, a full collection stops scanning it on every request burst.
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:

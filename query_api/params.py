@@ -73,6 +73,18 @@ def time_range(window: Window, from_: str | None, to: str | None, now_ms: int) -
     return TimeRange(start, end)
 
 
+WINDOW_MS = {Window.ONE_MINUTE: MINUTE_MS, Window.ONE_HOUR: HOUR_MS}
+
+
+def align(span: TimeRange, window: Window) -> TimeRange:
+    """The same selection with both ends rounded up to the window grid.
+
+    Windows start on whole minutes (hours) of UTC, so `start <= s < end` holds for a window start
+    `s` exactly when it holds with both ends rounded up to the grid."""
+    step = WINDOW_MS[window]
+    return TimeRange(-(-span.start_ms // step) * step, -(-span.end_ms // step) * step)
+
+
 def check_metric(metric: str | None) -> None:
     if metric is not None and not _METRIC.match(metric):
         raise BadInput(f"metric: {metric[:70]!r} does not match {METRIC_NAME_PATTERN}")

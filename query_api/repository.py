@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+import orjson
 from cassandra.query import PreparedStatement
 
 from gateway import registry
@@ -36,6 +37,8 @@ _TABLES = {
 class Page:
     items: list[Item]
     next_cursor: str | None
+    # The items already as JSON, when the page is kept to be served many times (result_cache.py).
+    encoded_items: orjson.Fragment | None = None
 
 
 class AggregateReader(Protocol):

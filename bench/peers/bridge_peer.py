@@ -55,21 +55,40 @@ def peer_python(settings: StackSettings) -> Path:
 def route_config(settings: StackSettings, client_id: str, group: str, topic: str) -> dict[str, object]:
     identity = pki.service_identity(settings.pki_dir)
     return {
-        "input": {"mqtt": {
-            "url": f"mqtts://localhost:{settings.mqtt_port}",
-            "topic": f"$share/{group}/devices/+/telemetry",
-            "client_id": client_id, "clean_session": False, "session_expiry_interval": 600,
-            "qos": 1, "protocol": "v5", "max_inflight": 2000, "queue_capacity": 2000,
-            "delayed_ack": False,
-            "tls": {"required": True, "ca_file": str(identity.ca),
-                    "cert_file": str(identity.cert), "key_file": str(identity.key)},
-        }},
-        "output": {"kafka": {
-            "url": f"localhost:{settings.kafka_port}", "topic": topic, "create_topic": False,
-            "delayed_ack": False,
-            "producer_options": [["acks", "all"], ["enable.idempotence", "true"],
-                                 ["compression.type", "lz4"], ["linger.ms", "5"]],
-        }},
+        "input": {
+            "mqtt": {
+                "url": f"mqtts://localhost:{settings.mqtt_port}",
+                "topic": f"$share/{group}/devices/+/telemetry",
+                "client_id": client_id,
+                "clean_session": False,
+                "session_expiry_interval": 600,
+                "qos": 1,
+                "protocol": "v5",
+                "max_inflight": 2000,
+                "queue_capacity": 2000,
+                "delayed_ack": False,
+                "tls": {
+                    "required": True,
+                    "ca_file": str(identity.ca),
+                    "cert_file": str(identity.cert),
+                    "key_file": str(identity.key),
+                },
+            }
+        },
+        "output": {
+            "kafka": {
+                "url": f"localhost:{settings.kafka_port}",
+                "topic": topic,
+                "create_topic": False,
+                "delayed_ack": False,
+                "producer_options": [
+                    ["acks", "all"],
+                    ["enable.idempotence", "true"],
+                    ["compression.type", "lz4"],
+                    ["linger.ms", "5"],
+                ],
+            }
+        },
         "required_delivery": "at_least_once",
     }
 
@@ -85,7 +104,9 @@ class PeerProcess:
         with open(self.log_file, "ab") as out:
             self.proc = subprocess.Popen(
                 [str(self.python), "-c", _RUNNER, json.dumps(self.config)],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 env={**os.environ, "RUST_LOG": "warn"},
             )
 

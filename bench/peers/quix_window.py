@@ -14,11 +14,16 @@ from typing import Any
 from quixstreams import Application
 
 bootstrap, topic_name, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
-app = Application(broker_address=bootstrap, consumer_group=f"quix-{time.time_ns()}",
-                  auto_offset_reset="earliest", loglevel="WARNING",
-                  state_dir=f"/tmp/quix-state-{time.time_ns()}")
-topic = app.topic(topic_name, value_deserializer="json",
-                  timestamp_extractor=lambda value, headers, ts, ttype: value["ts"])
+app = Application(
+    broker_address=bootstrap,
+    consumer_group=f"quix-{time.time_ns()}",
+    auto_offset_reset="earliest",
+    loglevel="WARNING",
+    state_dir=f"/tmp/quix-state-{time.time_ns()}",
+)
+topic = app.topic(
+    topic_name, value_deserializer="json", timestamp_extractor=lambda value, headers, ts, ttype: value["ts"]
+)
 state = {"seen": 0, "start": 0.0}
 
 
@@ -41,6 +46,9 @@ def reducer(agg: dict[str, Any], value: dict[str, Any]) -> dict[str, Any]:
 
 sdf = app.dataframe(topic)
 sdf = sdf.update(count_and_stop)
-sdf = sdf.tumbling_window(timedelta(minutes=1), grace_ms=10_000).reduce(
-    reducer=reducer, initializer=lambda value: reducer({}, value)).final()
+sdf = (
+    sdf.tumbling_window(timedelta(minutes=1), grace_ms=10_000)
+    .reduce(reducer=reducer, initializer=lambda value: reducer({}, value))
+    .final()
+)
 app.run()

@@ -60,7 +60,7 @@ async def query(
     body = {
         "deviceId": device_id,
         "window": window.value,
-        "items": page.items,
+        "items": page.items if page.encoded_items is None else page.encoded_items,
         "next": page.next_cursor,
     }
     return Response(orjson.dumps(body), media_type="application/json")

@@ -1,0 +1,119 @@
+"""A short-lived cache of answers in front of the repository ("micro-caching").
+
+A device's 1-minute rows change once a minute at most (a window row is written once, when the
+watermark closes it), yet dashboards poll the same range many times a second. Keeping each answer
+for `ttl_s` (default 1 s) turns those polls into dictionary lookups while adding at most `ttl_s`
+to the 10-15 s a row already takes to appear. Concurrent misses of one key share a single read,
+so a burst of identical requests on a cold key costs Cassandra one query, not one per request.
+
+An answer older than `ttl_s` (but younger than twice that) is still served once, while a fresh
+read runs behind it: no caller of a busy key waits for the refresh, and no answer is older than
+`2 * ttl_s` plus one read.
+
+Keys are normalised to the window grid: windows start on whole minutes (hours), so `from`/`to`
+with any milliseconds select the same rows as their values rounded up to the grid, and "the last
+hour" requested at 10:00:00.123 and 10:00:59.456 is one key. Authorisation is not cached here:
+the route checks the caller's tenant before it asks for rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Coroutine, Hashable
+from dataclasses import replace
+
+import orjson
+
+from query_api.params import Cursor, TimeRange, Window, align
+from query_api.repository import AggregateReader, Page
+
+Load = Callable[[], Coroutine[object, object, Page]]
+
+
+async def _encoded(read: Coroutine[object, object, Page]) -> Page:
+    """The page with its items encoded once, rather than on every answer it serves."""
+    page = await read
+    return replace(page, encoded_items=orjson.Fragment(orjson.dumps(page.items)))
+
+
+class CachedReader:
+    """An AggregateReader answering repeated reads from memory for `ttl_s`; bounded LRU."""
+
+    def __init__(self, inner: AggregateReader, ttl_s: float, max_entries: int) -> None:
+        self._inner = inner
+        self._ttl_s = ttl_s
+        self._max_entries = max_entries
+        self._answers: OrderedDict[Hashable, tuple[Page, float]] = OrderedDict()
+        self._loading: dict[Hashable, asyncio.Future[Page]] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def __getattr__(self, name: str) -> object:
+        # Readiness and the like (`ready`, `not_ready_reason`) are the real repository's.
+        return getattr(self._inner, name)
+
+    async def tenant_of(self, device_id: str) -> str | None:
+        return await self._inner.tenant_of(device_id)
+
+    async def windows(
+        self,
+        device_id: str,
+        window: Window,
+        span: TimeRange,
+        metric: str | None,
+        limit: int,
+        cursor: Cursor | None,
+    ) -> Page:
+        grid = align(span, window)
+        key = ("w", device_id, window, grid.start_ms, grid.end_ms, metric, limit, cursor)
+        return await self._get(
+            key, lambda: self._inner.windows(device_id, window, grid, metric, limit, cursor)
+        )
+
+    async def totals(self, device_id: str, metric: str | None, limit: int, cursor: Cursor | None) -> Page:
+        key = ("all", device_id, metric, limit, cursor)
+        return await self._get(key, lambda: self._inner.totals(device_id, metric, limit, cursor))
+
+    async def _get(self, key: Hashable, load: Load) -> Page:
+        cached = self._answers.get(key)
+        now = time.monotonic()
+        if cached is not None:
+            page, fetched = cached
+            age = now - fetched
+            if age < self._ttl_s:
+                self.hits += 1
+                return page
+            if age < 2 * self._ttl_s:
+                # Stale but recent: answer now and refresh behind it, so that an expiry never
+                # makes every caller of a busy key wait a Cassandra round trip at once.
+                self.hits += 1
+                if key not in self._loading:
+                    self._start(key, load)
+                return page
+        read = self._loading.get(key)
+        if read is None:
+            self.misses += 1
+            read = self._start(key, load)
+        else:
+            self.hits += 1
+        # shield: the first caller going away (a client disconnect cancels its handler) must
+        # not cancel the read the others wait for.
+        return await asyncio.shield(read)
+
+    def _start(self, key: Hashable, load: Load) -> asyncio.Future[Page]:
+        read = asyncio.ensure_future(_encoded(load()))
+        self._loading[key] = read
+        read.add_done_callback(lambda done: self._settle(key, done))
+        return read
+
+    def _settle(self, key: Hashable, read: asyncio.Future[Page]) -> None:
+        del self._loading[key]
+        # Errors are not kept: the waiters see this one, the next request reads again.
+        if read.cancelled() or read.exception() is not None:
+            return
+        self._answers[key] = (read.result(), time.monotonic())
+        self._answers.move_to_end(key)
+        while len(self._answers) > self._max_entries:
+            self._answers.popitem(last=False)

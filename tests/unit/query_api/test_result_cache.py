@@ -1,0 +1,123 @@
+"""CachedReader: repeated reads answered from memory, misses shared, errors not kept."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from query_api.params import MINUTE_MS, Cursor, TimeRange, Window, align
+from query_api.repository import Page
+from query_api.result_cache import CachedReader
+
+
+class CountingReader:
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+        self.delay_s = delay_s
+        self.fail = False
+        self.ready = True
+
+    async def tenant_of(self, device_id: str) -> str | None:
+        return "tenant-a"
+
+    async def windows(
+        self,
+        device_id: str,
+        window: Window,
+        span: TimeRange,
+        metric: str | None,
+        limit: int,
+        cursor: Cursor | None,
+    ) -> Page:
+        self.calls.append((device_id, window, span, metric, limit, cursor))
+        await asyncio.sleep(self.delay_s)
+        if self.fail:
+            raise RuntimeError("down")
+        return Page([{"n": len(self.calls)}], None)
+
+    async def totals(self, device_id: str, metric: str | None, limit: int, cursor: Cursor | None) -> Page:
+        self.calls.append((device_id, metric, limit, cursor))
+        return Page([{"n": len(self.calls)}], None)
+
+
+def test_align_rounds_both_ends_up_to_the_grid() -> None:
+    assert align(TimeRange(1, 60_000), Window.ONE_MINUTE) == TimeRange(60_000, 60_000)
+    assert align(TimeRange(0, 90_001), Window.ONE_MINUTE) == TimeRange(0, 120_000)
+    assert align(TimeRange(3_600_001, 3_600_001), Window.ONE_HOUR) == TimeRange(7_200_000, 7_200_000)
+
+
+@pytest.mark.parametrize("start", [0, 1, 59_999, 60_000])
+@pytest.mark.parametrize("end", [60_000, 60_001, 119_999, 120_000, 180_000])
+def test_align_selects_the_same_window_starts(start: int, end: int) -> None:
+    grid = align(TimeRange(start, end), Window.ONE_MINUTE)
+    starts = range(0, 300_000, MINUTE_MS)
+    assert [s for s in starts if start <= s < end] == [s for s in starts if grid.start_ms <= s < grid.end_ms]
+
+
+async def test_the_same_read_within_the_ttl_is_answered_from_memory() -> None:
+    inner = CountingReader()
+    cached = CachedReader(inner, ttl_s=60, max_entries=10)
+    first = await cached.windows("d", Window.ONE_MINUTE, TimeRange(0, 60_001), None, 10, None)
+    # Another millisecond, the same windows: the same key.
+    again = await cached.windows("d", Window.ONE_MINUTE, TimeRange(0, 60_002), None, 10, None)
+    assert again is first and len(inner.calls) == 1
+    assert inner.calls[0][2] == TimeRange(0, 120_000)
+    await cached.windows("d", Window.ONE_MINUTE, TimeRange(0, 60_002), "temperature", 10, None)
+    await cached.totals("d", None, 10, None)
+    assert len(inner.calls) == 3 and (cached.hits, cached.misses) == (1, 3)
+
+
+async def test_answers_expire() -> None:
+    inner = CountingReader()
+    cached = CachedReader(inner, ttl_s=0.05, max_entries=10)
+    await cached.totals("d", None, 10, None)
+    await asyncio.sleep(0.11)
+    page = await cached.totals("d", None, 10, None)
+    assert page.items == [{"n": 2}]
+
+
+async def test_a_stale_answer_is_served_while_a_refresh_runs_behind_it() -> None:
+    inner = CountingReader()
+    cached = CachedReader(inner, ttl_s=0.2, max_entries=10)
+    await cached.totals("d", None, 10, None)
+    await asyncio.sleep(0.25)
+    stale = await cached.totals("d", None, 10, None)
+    assert stale.items == [{"n": 1}]
+    await asyncio.sleep(0.01)
+    fresh = await cached.totals("d", None, 10, None)
+    assert fresh.items == [{"n": 2}] and len(inner.calls) == 2
+
+
+async def test_concurrent_misses_share_one_read_and_survive_a_cancelled_caller() -> None:
+    inner = CountingReader(delay_s=0.05)
+    cached = CachedReader(inner, ttl_s=60, max_entries=10)
+    span = TimeRange(0, 60_000)
+    first = asyncio.ensure_future(cached.windows("d", Window.ONE_MINUTE, span, None, 10, None))
+    await asyncio.sleep(0)
+    others = [cached.windows("d", Window.ONE_MINUTE, span, None, 10, None) for _ in range(5)]
+    first.cancel()
+    pages = await asyncio.gather(*others)
+    assert len(inner.calls) == 1 and all(page is pages[0] for page in pages)
+
+
+async def test_errors_are_not_kept() -> None:
+    inner = CountingReader()
+    inner.fail = True
+    cached = CachedReader(inner, ttl_s=60, max_entries=10)
+    span = TimeRange(0, 60_000)
+    with pytest.raises(RuntimeError):
+        await cached.windows("d", Window.ONE_MINUTE, span, None, 10, None)
+    inner.fail = False
+    await cached.windows("d", Window.ONE_MINUTE, span, None, 10, None)
+    assert len(inner.calls) == 2
+
+
+async def test_the_oldest_answer_goes_first_when_full() -> None:
+    inner = CountingReader()
+    cached = CachedReader(inner, ttl_s=60, max_entries=2)
+    for device in ("a", "b", "c", "a"):
+        await cached.totals(device, None, 10, None)
+    assert [call[0] for call in inner.calls] == ["a", "b", "c", "a"]
+    assert cached.ready is True
