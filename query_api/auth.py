@@ -118,6 +118,11 @@ class TokenValidator:
         # token -> (principal, exp); a hit is only as good as the expiry checked on every use.
         self._valid: dict[str, tuple[Principal, float]] = {}
 
+    def known(self, token: str) -> Principal | None:
+        """The principal of a token this validator accepted before and that has not expired."""
+        cached = self._valid.get(token)
+        return cached[0] if cached is not None and cached[1] > time.time() else None
+
     async def validate(self, token: str) -> Principal:
         cached = self._valid.get(token)
         if cached is not None:

@@ -40,8 +40,9 @@ class QueryApiSettings(BaseSettings):
     registry_cache_s: float = 60.0
     registry_miss_cache_s: float = 1.0
     # Answers are kept this long (0: off) and reused for identical reads: a window row is
-    # written once, so this only delays a new row by at most this much (query_api/result_cache.py).
-    result_cache_s: float = 1.0
+    # written once, so this only delays a new row, by at most 3x this (result_cache.py,
+    # hot_answers.py).
+    result_cache_s: float = 0.5
     result_cache_entries: int = 10_000
     # Access log lines cost as much as the query at 1,000s of requests/s; metrics count instead.
     access_log: bool = False

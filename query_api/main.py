@@ -17,6 +17,7 @@ from query_api.auth import JwksCache, JwksFetcher, TokenValidator, keycloak_fetc
 from query_api.config import QueryApiSettings
 from query_api.db import CassandraStore
 from query_api.errors import QueryApiError, Unauthorized
+from query_api.hot_answers import HotAnswers
 from query_api.observability import ApiMetrics, MetricsMiddleware
 from query_api.repository import AggregateReader, AggregateRepository
 from query_api.result_cache import CachedReader
@@ -101,6 +102,8 @@ def create_app(
         version="1.0.0",
         lifespan=lifespan,
     )
+    # Added first, so it runs inside the metrics middleware: hot answers are counted too.
+    app.add_middleware(HotAnswers, ttl_s=settings.result_cache_s, max_entries=settings.result_cache_entries)
     app.add_middleware(MetricsMiddleware, metrics=api_metrics)
     app.add_exception_handler(QueryApiError, _error_handler(api_metrics))
     app.include_router(query.router)

@@ -252,3 +252,65 @@ def test_health_is_503_when_keycloak_is_down(repo: FakeRepository) -> None:
         assert response.json()["dependencies"]["keycloak"]["status"] == "down"
         # No keys at all: a token cannot be checked, which is the server's problem, not the caller's.
         assert get(client, "/query/dev-a/1m", token()).status_code == 503
+
+
+# --- answers kept for repeated queries (hot_answers.py, result_cache.py) ---------------------
+
+
+def _hot_hits(client: TestClient) -> int:
+    middleware = client.app.middleware_stack  # type: ignore[attr-defined]
+    while not hasattr(middleware, "hits"):
+        middleware = middleware.app
+    hits: int = middleware.hits
+    return hits
+
+
+def test_a_repeated_query_is_answered_again_without_the_route(client: TestClient) -> None:
+    first = get(client, "/query/dev-a/1m", token())
+    again = get(client, "/query/dev-a/1m", token())
+    assert first.status_code == again.status_code == 200
+    assert again.content == first.content
+    assert again.headers["content-type"] == "application/json"
+    assert _hot_hits(client) == 1
+    # Counted under its route template like any other answer.
+    metrics = client.get("/metrics").text
+    route = 'route="/query/{deviceId}/{window}"'
+    assert f'query_api_requests_total{{method="GET",{route},status="200"}} 2.0' in metrics
+
+
+@pytest.mark.parametrize(
+    ("bearer", "status"),
+    [
+        (None, 401),
+        (token(FOREIGN_KEY), 401),
+        (token(exp=int(time.time()) - 10), 401),
+        (token(tenant="tenant-b"), 404),
+    ],
+)
+def test_a_kept_answer_goes_only_to_callers_the_route_would_answer(
+    client: TestClient, bearer: str | None, status: int
+) -> None:
+    assert get(client, "/query/dev-a/1m", token()).status_code == 200
+    response = get(client, "/query/dev-a/1m", bearer)
+    assert response.status_code == status, response.text
+    assert _hot_hits(client) == 0
+
+
+def test_an_admin_gets_the_kept_answer_of_any_tenant(client: TestClient) -> None:
+    assert get(client, "/query/dev-b/1m", token(tenant="tenant-b")).status_code == 200
+    assert get(client, "/query/dev-b/1m", token(tenant=None, roles=["iot-admin"])).status_code == 200
+    # The admin's token is new to the validator: the route validates it first, then it is known.
+    assert get(client, "/query/dev-b/1m", token(tenant=None, roles=["iot-admin"])).status_code == 200
+    assert _hot_hits(client) >= 1
+
+
+def test_answers_are_read_again_after_the_cache_time(keys: Keys, repo: FakeRepository) -> None:
+    settings = SETTINGS.model_copy(update={"result_cache_s": 0.05})
+    with TestClient(create_app(settings, repository=repo, jwks_fetcher=keys.fetch)) as client:
+        bearer = token()
+        get(client, "/query/dev-a/1m", bearer)
+        get(client, "/query/dev-a/1m", bearer)
+        assert len(repo.calls) == 1
+        time.sleep(0.12)
+        get(client, "/query/dev-a/1m", bearer)
+        assert len(repo.calls) == 2
