@@ -109,7 +109,6 @@ def _flink_throughput(stack: StackSettings, bootstrap: str, topic: str, run: str
         kafka_bootstrap=bootstrap,
         rest_url=f"http://localhost:{stack.flink_rest_port}",
         connector_jar=kafka_connector_jar(stack),
-        checkpoint_interval_s=2,
         parallelism=parallelism,
         checkpoint_dir=stack.stack_dir / "flink" / "bench-checkpoints",
     )

@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from flink_jobs import sql
 from flink_jobs.config import FlinkJobSettings
+
+if TYPE_CHECKING:
+    from pyflink.table import TableEnvironment
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +54,14 @@ def job_configuration(settings: FlinkJobSettings, restore_from: Path | None) -> 
 
 def statements(settings: FlinkJobSettings) -> list[str]:
     """Every statement of the job, in order: its identity for checkpoint compatibility."""
-    return [sql.source_ddl(settings), *sql.sink_ddls(settings), *sql.view_ddls(), *sql.INSERTS]
+    views = [f"VIEW {name} AS {query}" for name, query in sql.views()]
+    return [sql.source_ddl(settings), *sql.sink_ddls(settings), *views, *sql.INSERTS]
+
+
+def register_views(t_env: TableEnvironment, source: str = "readings") -> None:
+    """The shared views as Table objects, so that every statement reads the same sub-plan."""
+    for name, query in sql.views(source):
+        t_env.create_temporary_view(name, t_env.sql_query(query))
 
 
 def submit(settings: FlinkJobSettings, restore_from: Path | None = None) -> str:
@@ -65,8 +76,9 @@ def submit(settings: FlinkJobSettings, restore_from: Path | None = None) -> str:
         configuration
     ).build()
     t_env = TableEnvironment.create(environment)
-    for statement in [sql.source_ddl(settings), *sql.sink_ddls(settings), *sql.view_ddls()]:
+    for statement in [sql.source_ddl(settings), *sql.sink_ddls(settings)]:
         t_env.execute_sql(statement)  # DDL only: nothing runs until the statement set executes
+    register_views(t_env)
     statements = t_env.create_statement_set()
     for insert in sql.INSERTS:
         statements.add_insert_sql(insert)

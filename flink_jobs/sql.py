@@ -1,8 +1,14 @@
 """The aggregation as Flink SQL: pure functions from settings to statements, unit-testable.
 
 Flow: readings (Kafka, JSON) -> one row per (reading, metric) with a `late` flag -> on-time rows into
-1-minute tumbling windows -> 1-hour windows cascaded from the 1-minute results -> all rows, late ones
-included, into the all-time rollup. All of it runs in the JVM; Python only builds and submits it.
+1-minute tumbling windows -> 1-hour windows cascaded from the 1-minute results; the all-time rollup
+sums the closed 1-minute windows and the late rows. All of it runs in the JVM; Python only builds
+and submits it.
+
+The shared steps are views registered as Table objects (job.register_views), not CREATE VIEW: a SQL
+view is expanded anew in every statement that reads it, each expansion of the UNNEST gets its own
+correlation variable, and the planner, seeing different sub-plans, would unnest and window every
+reading once per branch. One Table is one sub-plan, which the statement set computes once.
 
 "Late" means: the reading's 1-minute window had already been finalised by the watermark when the
 reading arrived. Such readings are kept out of the 1m and 1h windows explicitly (so no window ever
@@ -17,11 +23,11 @@ from flink_jobs.config import FlinkJobSettings
 def source_ddl(settings: FlinkJobSettings, table: str = "readings") -> str:
     return f"""
 CREATE TABLE {table} (
+    -- Only what the aggregation reads: the JSON parser skips the other fields (tenant, seq)
+    -- without building values for them.
     deviceId STRING,
-    tenant STRING,
     ts BIGINT,
     metrics MAP<STRING, DOUBLE>,
-    seq BIGINT,
     receivedAt BIGINT,
     event_time AS TO_TIMESTAMP_LTZ(ts, 3),
     received_time AS TO_TIMESTAMP_LTZ(COALESCE(receivedAt, ts), 3),
@@ -96,10 +102,10 @@ CREATE TABLE agg_all_sink (
     ]
 
 
-def view_ddls(source: str = "readings") -> list[str]:
-    """Views shared by the three aggregations; `source` is any table with the readings schema."""
+def views(source: str = "readings") -> list[tuple[str, str]]:
+    """(name, query) of the views the three aggregations share, in dependency order; `source` is
+    any table with the readings schema. job.register_views registers them as Table objects."""
     classified = f"""
-CREATE TEMPORARY VIEW classified AS
 SELECT
     r.deviceId,
     r.ts,
@@ -114,18 +120,17 @@ FROM {source} AS r
 CROSS JOIN UNNEST(r.metrics) AS m (metric, val)
 WHERE r.deviceId IS NOT NULL AND r.ts IS NOT NULL AND m.val IS NOT NULL"""
     on_time = """
-CREATE TEMPORARY VIEW on_time AS
 SELECT deviceId, metric, val, ts, event_time FROM classified WHERE NOT late"""
     windows_1m = """
-CREATE TEMPORARY VIEW windows_1m AS
 SELECT
     deviceId, metric, window_time,
     -- Window bounds leave Flink as epoch ms, derived from the data: no time-zone ambiguity.
     MIN(ts - MOD(ts, 60000)) AS start_ms,
-    COUNT(*) AS cnt, SUM(val) AS total, MIN(val) AS lo, MAX(val) AS hi
+    COUNT(*) AS cnt, SUM(val) AS total, MIN(val) AS lo, MAX(val) AS hi,
+    MIN(ts) AS first_ts, MAX(ts) AS last_ts
 FROM TABLE(TUMBLE(TABLE on_time, DESCRIPTOR(event_time), INTERVAL '1' MINUTE))
 GROUP BY deviceId, metric, window_start, window_end, window_time"""
-    return [classified, on_time, windows_1m]
+    return [("classified", classified), ("on_time", on_time), ("windows_1m", windows_1m)]
 
 
 INSERT_1M = """
@@ -141,11 +146,19 @@ SELECT deviceId, metric,
 FROM TABLE(TUMBLE(TABLE windows_1m, DESCRIPTOR(window_time), INTERVAL '1' HOUR))
 GROUP BY deviceId, metric, window_start, window_end"""
 
+# Rolled up from the closed 1-minute windows plus the late readings one by one: on-time readings
+# reach the all-time state once per window instead of once each.
 INSERT_ALL = """
 INSERT INTO agg_all_sink
-SELECT deviceId, metric, COUNT(*), SUM(val), MIN(val), MAX(val), MIN(ts), MAX(ts),
-       SUM(CASE WHEN late THEN 1 ELSE 0 END)
-FROM classified
+SELECT deviceId, metric, SUM(cnt), SUM(total), MIN(lo), MAX(hi), MIN(first_ts), MAX(last_ts),
+       SUM(late_cnt)
+FROM (
+    SELECT deviceId, metric, cnt, total, lo, hi, first_ts, last_ts, CAST(0 AS BIGINT) AS late_cnt
+    FROM windows_1m
+    UNION ALL
+    SELECT deviceId, metric, CAST(1 AS BIGINT), val, val, val, ts, ts, CAST(1 AS BIGINT)
+    FROM classified WHERE late
+)
 GROUP BY deviceId, metric"""
 
 INSERTS = [INSERT_1M, INSERT_1H, INSERT_ALL]

@@ -12,6 +12,7 @@ import pytest
 
 from flink_jobs import sql
 from flink_jobs.config import FlinkJobSettings
+from flink_jobs.job import register_views
 from tests.oracle import OracleReading, close_enough, expected
 
 BASE = 1_764_000_000_000 - 1_764_000_000_000 % 3_600_000
@@ -43,8 +44,7 @@ def t_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     env.get_config().set("parallelism.default", "1")
     ddl = sql.source_ddl(FlinkJobSettings()).split(") WITH (")[0]
     env.execute_sql(f"{ddl}) WITH ('connector' = 'filesystem', 'path' = '{path}', 'format' = 'json')")
-    for view in sql.view_ddls():
-        env.execute_sql(view)
+    register_views(env)
     yield env
 
 
