@@ -41,7 +41,7 @@ class Forwarder:
     ) -> None:
         self._sink = sink
         self._tenants = tenants
-        self._metrics = metrics
+        self._counts = metrics.counts
         self._readings_topic = readings_topic
         self._dlq_topic = dlq_topic
         self._wall_clock = wall_clock
@@ -52,7 +52,7 @@ class Forwarder:
         """Called by the MQTT source for each message; tracker is None for QoS 0."""
         started = time.monotonic()
         received_at = int(self._wall_clock() * 1000)
-        self._metrics.received.inc()
+        self._counts.received += 1
         ticket = tracker.add(mid, started) if tracker is not None else None
         try:
             reading = parse_telemetry(topic, bytes(payload), received_at)
@@ -113,10 +113,11 @@ class Forwarder:
         )
 
     def _confirmed(self, ticket: Ticket | None, started: float, dlq: Reason | None) -> None:
-        self._metrics.latency.observe(time.monotonic() - started)
+        counts = self._counts
+        counts.observe_latency(time.monotonic() - started)
         if dlq is None:
-            self._metrics.produced.inc()
+            counts.produced += 1
         else:
-            self._metrics.dlq.labels(reason=dlq.value).inc()
+            counts.dlq[dlq] += 1
         if ticket is not None:
             ticket.complete()

@@ -133,10 +133,12 @@ class KafkaSink:
         return self.queued
 
     def close(self, timeout_s: float) -> int:
-        remaining = self.flush(timeout_s)
+        # The poll thread stops first: then only the flushing thread serves delivery reports, so
+        # every per-message counter keeps a single writer (bridge/metrics.py).
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=2.0)
+        remaining = self.flush(timeout_s)
         if remaining:
             log.warning("%d records still unconfirmed by Kafka at shutdown (not acknowledged)",
                         remaining)

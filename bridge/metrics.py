@@ -1,49 +1,103 @@
-"""Prometheus metrics of the bridge, in a registry of its own (tests create several bridges)."""
+"""Prometheus metrics of the bridge, in a registry of its own (tests create several bridges).
+
+The per-message figures (received, produced, DLQ, acked, latency) are plain integers that one
+thread each writes and a collector reads at scrape time: prometheus_client's own counters take
+a lock on every increment, which was a tenth of the bridge's CPU at 10,000 messages/s.
+Writers: `received` the event loop; `produced`, `dlq`, `latency` whichever thread serves
+librdkafka's delivery reports (the poll thread, or the flushing thread once it has stopped);
+`acked` the tracker, under its lock.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from bisect import bisect_left
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from gateway.contract import Reason
 
 # Publish-to-Kafka latency: the target is p99 < 50 ms, so the buckets are fine below 100 ms.
-_LATENCY_BUCKETS = (
+LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0,
     2.5, 5.0, 10.0, 30.0,
 )
+
+
+class MessageCounts:
+    """The hot counters; attributes are incremented in place by their single writer."""
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.produced = 0
+        self.acked = 0
+        self.redelivered = 0
+        self.dlq = dict.fromkeys(Reason, 0)
+        # One slot per bucket upper bound, plus +Inf; not cumulative (that is done at scrape).
+        self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.latency_sum = 0.0
+
+    def observe_latency(self, seconds: float) -> None:
+        self.latency_counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.latency_sum += seconds
+
+
+class _CountsCollector(Collector):
+    def __init__(self, counts: MessageCounts) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        c = self._counts
+        yield CounterMetricFamily(
+            "bridge_messages_received", "MQTT messages received from Mosquitto", value=c.received
+        )
+        yield CounterMetricFamily(
+            "bridge_messages_produced", "Valid readings confirmed by Kafka", value=c.produced
+        )
+        dlq = CounterMetricFamily(
+            "bridge_messages_dlq", "Invalid messages confirmed by Kafka on the DLQ, by reason",
+            labels=["reason"],
+        )
+        for reason, count in list(c.dlq.items()):
+            dlq.add_metric([reason.value], count)
+        yield dlq
+        yield CounterMetricFamily(
+            "bridge_messages_acked", "PUBACKs sent to Mosquitto after Kafka confirmed",
+            value=c.acked,
+        )
+        yield CounterMetricFamily(
+            "bridge_messages_redelivered", "Messages the broker marked DUP (sent again)",
+            value=c.redelivered,
+        )
+        cumulative, buckets = 0, []
+        for upper, count in zip((*LATENCY_BUCKETS, float("inf")), list(c.latency_counts), strict=True):
+            cumulative += count
+            buckets.append((_le(upper), cumulative))
+        yield HistogramMetricFamily(
+            "bridge_publish_to_kafka_seconds",
+            "From receipt of the MQTT message to Kafka's delivery confirmation",
+            buckets=buckets, sum_value=c.latency_sum,
+        )
+
+
+def _le(upper: float) -> str:
+    return "+Inf" if upper == float("inf") else repr(upper)
 
 
 class BridgeMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.received = Counter(
-            "bridge_messages_received", "MQTT messages received from Mosquitto", registry=r
-        )
-        self.produced = Counter(
-            "bridge_messages_produced", "Valid readings confirmed by Kafka", registry=r
-        )
-        self.dlq = Counter(
-            "bridge_messages_dlq", "Invalid messages confirmed by Kafka on the DLQ, by reason",
-            ["reason"], registry=r,
-        )
-        self.acked = Counter(
-            "bridge_messages_acked", "PUBACKs sent to Mosquitto after Kafka confirmed", registry=r
-        )
-        self.redelivered = Counter(
-            "bridge_messages_redelivered", "Messages the broker marked DUP (sent again)", registry=r
-        )
+        self.counts = MessageCounts()
+        r.register(_CountsCollector(self.counts))
         self.delivery_errors = Counter(
             "bridge_kafka_delivery_errors", "Failed Kafka deliveries (retried)", ["error"],
             registry=r,
         )
         self.in_flight = Gauge(
             "bridge_messages_in_flight", "Received, not yet acknowledged to MQTT", registry=r
-        )
-        self.latency = Histogram(
-            "bridge_publish_to_kafka_seconds",
-            "From receipt of the MQTT message to Kafka's delivery confirmation",
-            buckets=_LATENCY_BUCKETS, registry=r,
         )
         self.mqtt_connected = Gauge(
             "bridge_mqtt_connected", "1 while connected to Mosquitto", registry=r
@@ -54,5 +108,3 @@ class BridgeMetrics:
             "Mosquitto's $SYS/broker/publish/messages/dropped (must stay 0)", registry=r,
         )
         self.broker_dropped.set(float("nan"))  # unknown until $SYS publishes it
-        for reason in Reason:
-            self.dlq.labels(reason=reason.value)

@@ -124,11 +124,12 @@ class MqttSource:
                 log.info("disconnected from Mosquitto; %d unacknowledged", dropped)
 
     def _send_ack(self, conn: Mqtt5Connection) -> Callable[[int], None]:
-        acked = self._metrics.acked
+        counts = self._metrics.counts
 
         def send(packet_id: int) -> None:
+            # Called under the tracker's lock: one writer at a time for `acked`.
             conn.ack(packet_id)
-            acked.inc()
+            counts.acked += 1
 
         return send
 
@@ -154,7 +155,7 @@ class MqttSource:
         if packet_id and tracker is None:
             return  # cannot happen inside a connection; never ack on the wrong one
         if dup:
-            self._metrics.redelivered.inc()
+            self._metrics.counts.redelivered += 1
         self._forwarder.handle(tracker if packet_id else None, topic, payload, packet_id)
 
     def _on_sys(self, topic: str, payload: bytes) -> None:

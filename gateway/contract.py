@@ -15,6 +15,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+import orjson
+
 MAX_PAYLOAD_BYTES = 64 * 1024
 MAX_METRICS = 64
 MAX_FUTURE_MS = 5 * 60 * 1000
@@ -26,9 +28,6 @@ TENANT_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 _DEVICE_ID = re.compile(DEVICE_ID_PATTERN)
 _METRIC_NAME = re.compile(METRIC_NAME_PATTERN)
 _TENANT = re.compile(TENANT_PATTERN)
-# One encoder, reused: json.dumps(..., separators=...) builds a new JSONEncoder on every call,
-# which was a third of the bridge's per-message encoding time.
-_COMPACT = json.JSONEncoder(separators=(",", ":"))
 
 
 class Reason(StrEnum):
@@ -88,7 +87,8 @@ class Reading:
         }
         if self.seq is not None:
             body["seq"] = self.seq
-        return _COMPACT.encode(body).encode()
+        # orjson: a tenth of the stdlib encoder's time, and this runs once per message.
+        return orjson.dumps(body)
 
 
 def telemetry_payload(
@@ -100,7 +100,7 @@ def telemetry_payload(
         body["seq"] = seq
     if device_id is not None:
         body["deviceId"] = device_id
-    return _COMPACT.encode(body).encode()
+    return orjson.dumps(body)
 
 
 def parse_ts(value: object) -> int:
@@ -152,6 +152,22 @@ def _reject_constant(token: str) -> float:
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
+def _decode_precisely(payload: bytes) -> Any:
+    """The slow path, for what orjson refused: the standard library names the reason (bad
+    UTF-8, NaN/Infinity, not JSON), and reads what orjson declines but the contract judges
+    on its values (1e999 is a non-finite metric, not malformed JSON)."""
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidTelemetry(Reason.NOT_UTF8, str(exc)) from exc
+    try:
+        return _DECODER.decode(text)
+    except InvalidTelemetry:
+        raise
+    except (ValueError, RecursionError) as exc:
+        raise InvalidTelemetry(Reason.NOT_JSON, str(exc)[:200]) from exc
+
+
 def parse_telemetry(topic: str, payload: bytes, now_ms: int) -> Reading:
     """Validate one MQTT message against the contract, or raise InvalidTelemetry."""
     from gateway.topics import device_id_from_topic
@@ -164,15 +180,9 @@ def parse_telemetry(topic: str, payload: bytes, now_ms: int) -> Reading:
     if not _DEVICE_ID.match(device_id):
         raise InvalidTelemetry(Reason.BAD_DEVICE_ID, f"device id {device_id[:70]!r}")
     try:
-        text = payload.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidTelemetry(Reason.NOT_UTF8, str(exc)) from exc
-    try:
-        body = _DECODER.decode(text)
-    except InvalidTelemetry:
-        raise
-    except (ValueError, RecursionError) as exc:
-        raise InvalidTelemetry(Reason.NOT_JSON, str(exc)[:200]) from exc
+        body = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        body = _decode_precisely(payload)
     if not isinstance(body, dict):
         raise InvalidTelemetry(Reason.NOT_OBJECT, f"payload is a JSON {type(body).__name__}")
     claimed = body.get("deviceId")
