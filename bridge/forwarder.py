@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Protocol
 
 from bridge.kafka_sink import Record
@@ -68,7 +69,7 @@ class Forwarder:
                 key=reading.device_id.encode(),
                 value=reading.to_kafka_value(tenant, received_at),
                 headers=None,
-                on_delivered=lambda: self._confirmed(ticket, started, None),
+                on_delivered=partial(self._confirmed, ticket, started, None),
             )
         )
 
@@ -108,7 +109,7 @@ class Forwarder:
                     ("received_at", str(received_at).encode()),
                     ("detail", exc.detail[:300].encode()),
                 ],
-                on_delivered=lambda: self._confirmed(ticket, started, exc.reason),
+                on_delivered=partial(self._confirmed, ticket, started, exc.reason),
             )
         )
 

@@ -132,8 +132,12 @@ def _parse_metrics(value: object) -> dict[str, float]:
         raise InvalidTelemetry(Reason.TOO_MANY_METRICS, f"{len(value)} metrics, at most {MAX_METRICS}")
     metrics: dict[str, float] = {}
     for name, raw in value.items():
-        if not _METRIC_NAME.match(name):
-            raise InvalidTelemetry(Reason.BAD_METRIC_NAME, f"metric name {name[:70]!r}")
+        if name not in _GOOD_METRIC_NAMES:
+            if not _METRIC_NAME.match(name):
+                raise InvalidTelemetry(Reason.BAD_METRIC_NAME, f"metric name {name[:70]!r}")
+            if len(_GOOD_METRIC_NAMES) >= _CHECKED_MAX:
+                _GOOD_METRIC_NAMES.clear()
+            _GOOD_METRIC_NAMES.add(name)
         if isinstance(raw, bool) or not isinstance(raw, int | float):
             raise InvalidTelemetry(Reason.BAD_METRICS, f"metric {name!r} is not a number")
         number = float(raw)
@@ -168,17 +172,35 @@ def _decode_precisely(payload: bytes) -> Any:
         raise InvalidTelemetry(Reason.NOT_JSON, str(exc)[:200]) from exc
 
 
-def parse_telemetry(topic: str, payload: bytes, now_ms: int) -> Reading:
-    """Validate one MQTT message against the contract, or raise InvalidTelemetry."""
+# A fleet repeats the same topics and metric names in every message: each is checked once and
+# remembered (bounded: a flood of distinct names only empties the memory, it never grows).
+_CHECKED_MAX = 100_000
+_DEVICE_OF_TOPIC: dict[str, str] = {}
+_GOOD_METRIC_NAMES: set[str] = set()
+
+
+def _device_of(topic: str) -> str:
+    device_id = _DEVICE_OF_TOPIC.get(topic)
+    if device_id is not None:
+        return device_id
     from gateway.topics import device_id_from_topic
 
-    if len(payload) > MAX_PAYLOAD_BYTES:
-        raise InvalidTelemetry(Reason.TOO_LARGE, f"{len(payload)} bytes, at most {MAX_PAYLOAD_BYTES}")
     device_id = device_id_from_topic(topic)
     if device_id is None:
         raise InvalidTelemetry(Reason.BAD_TOPIC, f"topic {topic[:100]!r}")
     if not _DEVICE_ID.match(device_id):
         raise InvalidTelemetry(Reason.BAD_DEVICE_ID, f"device id {device_id[:70]!r}")
+    if len(_DEVICE_OF_TOPIC) >= _CHECKED_MAX:
+        _DEVICE_OF_TOPIC.clear()
+    _DEVICE_OF_TOPIC[topic] = device_id
+    return device_id
+
+
+def parse_telemetry(topic: str, payload: bytes, now_ms: int) -> Reading:
+    """Validate one MQTT message against the contract, or raise InvalidTelemetry."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise InvalidTelemetry(Reason.TOO_LARGE, f"{len(payload)} bytes, at most {MAX_PAYLOAD_BYTES}")
+    device_id = _device_of(topic)
     try:
         body = orjson.loads(payload)
     except orjson.JSONDecodeError:
