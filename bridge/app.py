@@ -58,6 +58,7 @@ async def run(settings: BridgeSettings, stop: asyncio.Event | None = None) -> in
     )
     sink.start()
     await asyncio.to_thread(tenants.preload)
+    await asyncio.to_thread(sink.warm_up, [settings.bridge_readings_topic, settings.bridge_dlq_topic])
     exit_code = 0
     mqtt = asyncio.create_task(source.run(stop), name="mqtt")
     try:

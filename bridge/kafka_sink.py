@@ -116,6 +116,15 @@ class KafkaSink:
         """Records handed to librdkafka and not yet confirmed, plus those waiting for a retry."""
         return len(self._producer) + len(self._retries)
 
+    def warm_up(self, topics: list[str], timeout_s: float = 5.0) -> None:
+        """Fetch the topics' metadata before the first message needs it, so that the first
+        messages do not wait for it; Kafka being down here only costs that wait later."""
+        for topic in topics:
+            try:
+                self._producer.list_topics(topic, timeout=timeout_s)
+            except KafkaException as exc:
+                log.warning("no metadata for %s yet: %s", topic, exc)
+
     def check_connection(self, timeout_s: float = 2.0) -> bool:
         try:
             self._producer.list_topics(timeout=timeout_s)
