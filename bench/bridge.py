@@ -29,7 +29,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from gateway import pki, topics
+from bench.mosquitto_clients import pub_lines_argv, tls_args
+from gateway import pki
 from gateway.contract import telemetry_payload
 from stack.config import StackSettings
 from tests.conftest import ensure_services
@@ -75,12 +76,7 @@ def mosquitto_sub_drain(settings: StackSettings, plan: dict[str, list[bytes]]) -
         "localhost",
         "-p",
         str(settings.mqtt_port),
-        "--cafile",
-        str(identity.ca),
-        "--cert",
-        str(identity.cert),
-        "--key",
-        str(identity.key),
+        *tls_args(identity),
         "-V",
         "5",
         "-i",
@@ -177,31 +173,10 @@ def paced_mosquitto_pub(settings: StackSettings, devices: list[str], rate: float
     """Publish `rate` msgs/s in total for `seconds`, one `mosquitto_pub -l -q 1` per device, each
     line stamped with `ts` = the moment it is handed to mosquitto_pub. A C publisher, so that the
     two cores go to Mosquitto, the bridge and Kafka rather than to a Python client's TLS writes."""
-    binary = shutil.which("mosquitto_pub") or "mosquitto_pub"
     procs: dict[str, subprocess.Popen[bytes]] = {}
     for device in devices:
-        identity = pki.device_paths(settings.pki_dir, device)
         procs[device] = subprocess.Popen(
-            [
-                binary,
-                "-h",
-                "localhost",
-                "-p",
-                str(settings.mqtt_port),
-                "-q",
-                "1",
-                "-l",
-                "--cafile",
-                str(identity.ca),
-                "--cert",
-                str(identity.cert),
-                "--key",
-                str(identity.key),
-                "-i",
-                device,
-                "-t",
-                topics.telemetry_topic(device),
-            ],
+            pub_lines_argv(settings, device, pki.device_paths(settings.pki_dir, device)),
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

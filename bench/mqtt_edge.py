@@ -23,10 +23,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.mosquitto_clients import pub_lines_argv
 from emulator.fleet import FleetConfig, FleetResult, run_fleet
 from emulator.fleet import run as run_emulator
 from emulator.runtime import event_loop_factory, raise_nofile_limit
-from gateway import pki, topics
+from gateway import pki
 from gateway.contract import telemetry_payload
 from stack import orchestrator, process
 from stack.config import StackSettings
@@ -177,26 +178,7 @@ def mosquitto_pub_rate(settings: StackSettings, clients: int, messages: int) -> 
             telemetry_payload(int(time.time() * 1000), {"temperature": 21.5 + i % 7}, seq=i) + b"\n"
             for i in range(per_client)
         )
-        argv = [
-            binary,
-            "-h",
-            "localhost",
-            "-p",
-            str(settings.mqtt_port),
-            "-q",
-            "1",
-            "-l",
-            "--cafile",
-            str(identity.ca),
-            "--cert",
-            str(identity.cert),
-            "--key",
-            str(identity.key),
-            "-i",
-            device_id,
-            "-t",
-            topics.telemetry_topic(device_id),
-        ]
+        argv = pub_lines_argv(settings, device_id, identity)
         inputs.append((argv, lines))
     errors = []
     with CpuMeter(settings, children=True) as cpu:
