@@ -43,7 +43,10 @@ class QueryApiSettings(BaseSettings):
     # written once, so this only delays a new row, by at most 3x this (result_cache.py,
     # hot_answers.py).
     result_cache_s: float = 0.5
-    result_cache_entries: int = 10_000
+    # Bounds of each of the two caches: answers kept, and the largest answer worth keeping (a
+    # full page of 10,000 rows is about 1 MiB; polls of the last hour are about 20 KiB).
+    result_cache_entries: int = 1_000
+    result_cache_max_bytes: int = 256 * 1024
     # Access log lines cost as much as the query at 1,000s of requests/s; metrics count instead.
     access_log: bool = False
 

@@ -41,10 +41,11 @@ class _Answer:
 
 
 class HotAnswers:
-    def __init__(self, app: ASGIApp, ttl_s: float, max_entries: int) -> None:
+    def __init__(self, app: ASGIApp, ttl_s: float, max_entries: int, max_bytes: int) -> None:
         self.app = app
         self._ttl_s = ttl_s
         self._max_entries = max_entries
+        self._max_bytes = max_bytes
         self._answers: OrderedDict[_Key, _Answer] = OrderedDict()
         self.hits = 0
 
@@ -98,11 +99,14 @@ class HotAnswers:
         await self.app(scope, receive, keep)
         if start is None or start["status"] != 200:
             return
+        body = b"".join(chunks)
+        if len(body) > self._max_bytes:
+            return
         device_id = key[0][len(_PREFIX) :].split("/", 1)[0]
         self._answers[key] = _Answer(
             device_id,
             list(start.get("headers", [])),
-            b"".join(chunks),
+            body,
             scope.get("route"),
             time.monotonic() + self._ttl_s,
         )

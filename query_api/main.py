@@ -67,7 +67,12 @@ def create_app(
             connecting = asyncio.create_task(_keep_connecting(store, real))
             reader = real
         if settings.result_cache_s > 0:
-            reader = CachedReader(reader, settings.result_cache_s, settings.result_cache_entries)
+            reader = CachedReader(
+                reader,
+                settings.result_cache_s,
+                settings.result_cache_entries,
+                settings.result_cache_max_bytes,
+            )
         app.state.iot = AppState(
             settings=settings,
             metrics=api_metrics,
@@ -103,7 +108,12 @@ def create_app(
         lifespan=lifespan,
     )
     # Added first, so it runs inside the metrics middleware: hot answers are counted too.
-    app.add_middleware(HotAnswers, ttl_s=settings.result_cache_s, max_entries=settings.result_cache_entries)
+    app.add_middleware(
+        HotAnswers,
+        ttl_s=settings.result_cache_s,
+        max_entries=settings.result_cache_entries,
+        max_bytes=settings.result_cache_max_bytes,
+    )
     app.add_middleware(MetricsMiddleware, metrics=api_metrics)
     app.add_exception_handler(QueryApiError, _error_handler(api_metrics))
     app.include_router(query.router)

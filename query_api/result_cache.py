@@ -32,19 +32,17 @@ from query_api.repository import AggregateReader, Page
 Load = Callable[[], Coroutine[object, object, Page]]
 
 
-async def _encoded(read: Coroutine[object, object, Page]) -> Page:
-    """The page with its items encoded once, rather than on every answer it serves."""
-    page = await read
-    return replace(page, encoded_items=orjson.Fragment(orjson.dumps(page.items)))
-
-
 class CachedReader:
     """An AggregateReader answering repeated reads from memory for `ttl_s`; bounded LRU."""
 
-    def __init__(self, inner: AggregateReader, ttl_s: float, max_entries: int) -> None:
+    def __init__(
+        self, inner: AggregateReader, ttl_s: float, max_entries: int, max_bytes: int = 256 * 1024
+    ) -> None:
         self._inner = inner
         self._ttl_s = ttl_s
         self._max_entries = max_entries
+        self._max_bytes = max_bytes
+        self._oversized: set[Hashable] = set()
         self._answers: OrderedDict[Hashable, tuple[Page, float]] = OrderedDict()
         self._loading: dict[Hashable, asyncio.Future[Page]] = {}
         self.hits = 0
@@ -103,16 +101,27 @@ class CachedReader:
         return await asyncio.shield(read)
 
     def _start(self, key: Hashable, load: Load) -> asyncio.Future[Page]:
-        read = asyncio.ensure_future(_encoded(load()))
+        read = asyncio.ensure_future(self._encoded(key, load()))
         self._loading[key] = read
         read.add_done_callback(lambda done: self._settle(key, done))
         return read
+
+    async def _encoded(self, key: Hashable, read: Coroutine[object, object, Page]) -> Page:
+        """The page with its items encoded once, rather than on every answer it serves."""
+        page = await read
+        data = orjson.dumps(page.items)
+        if len(data) > self._max_bytes:
+            self._oversized.add(key)
+        return replace(page, encoded_items=orjson.Fragment(data))
 
     def _settle(self, key: Hashable, read: asyncio.Future[Page]) -> None:
         del self._loading[key]
         # Errors are not kept: the waiters see this one, the next request reads again.
         if read.cancelled() or read.exception() is not None:
             return
+        if key in self._oversized:
+            self._oversized.discard(key)
+            return  # served to its waiters, not kept: large pages must not crowd out the polls
         self._answers[key] = (read.result(), time.monotonic())
         self._answers.move_to_end(key)
         while len(self._answers) > self._max_entries:

@@ -314,3 +314,12 @@ def test_answers_are_read_again_after_the_cache_time(keys: Keys, repo: FakeRepos
         time.sleep(0.12)
         get(client, "/query/dev-a/1m", bearer)
         assert len(repo.calls) == 2
+
+
+def test_an_answer_larger_than_the_bound_is_not_kept(keys: Keys, repo: FakeRepository) -> None:
+    settings = SETTINGS.model_copy(update={"result_cache_max_bytes": 100})
+    with TestClient(create_app(settings, repository=repo, jwks_fetcher=keys.fetch)) as client:
+        bearer = token()
+        assert get(client, "/query/dev-a/1m", bearer).status_code == 200
+        assert get(client, "/query/dev-a/1m", bearer).status_code == 200
+        assert _hot_hits(client) == 0 and len(repo.calls) == 2

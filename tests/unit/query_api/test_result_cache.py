@@ -121,3 +121,11 @@ async def test_the_oldest_answer_goes_first_when_full() -> None:
         await cached.totals(device, None, 10, None)
     assert [call[0] for call in inner.calls] == ["a", "b", "c", "a"]
     assert cached.ready is True
+
+
+async def test_a_page_larger_than_the_bound_is_served_but_not_kept() -> None:
+    inner = CountingReader()
+    cached = CachedReader(inner, ttl_s=60, max_entries=10, max_bytes=5)
+    first = await cached.totals("d", None, 10, None)
+    again = await cached.totals("d", None, 10, None)
+    assert first.items == [{"n": 1}] and again.items == [{"n": 2}]
