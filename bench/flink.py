@@ -33,8 +33,9 @@ from storage.rows import bucket_month
 
 log = logging.getLogger(__name__)
 
-READINGS = 2_000_000
+READINGS = 3_000_000
 DEVICES = 1_000
+METRICS = 3  # per reading
 PEER_VENV = "peers-venv"
 
 
@@ -117,21 +118,48 @@ def _flink_throughput(stack: StackSettings, bootstrap: str, topic: str, run: str
     try:
         while (job := rest.active_job(settings.job_name)) is None or job["state"] != "RUNNING":
             time.sleep(0.2)
-        started = time.monotonic()
+        running = time.monotonic()
+        first, processed = _aggregated(rest, job_id, running)
         while _lag(bootstrap, settings.consumer_group, topic, 6) > 0:
-            if time.monotonic() - started > 900:
-                raise TimeoutError("the job did not drain the backlog in 15 minutes")
-            time.sleep(1)
-        seconds = time.monotonic() - started
+            if time.monotonic() - running > 900:
+                raise TimeoutError("the job did not commit the backlog in 15 minutes")
+            time.sleep(0.5)
+        committed = time.monotonic()
     finally:
         rest.cancel(job_id)
         rest.close()
         admin.delete_topics(sinks)
     return {
-        "seconds": round(seconds, 1),
-        "readings_per_s": round(READINGS / seconds),
+        # From the first reading read to the last one through the all-time rollup (the slowest
+        # aggregation): the rate the job sustains.
+        "readings_per_s": round(READINGS / (processed - first)),
+        "seconds": round(processed - first, 1),
+        # The same, counted from the moment the job was RUNNING (tasks still deploying) ...
+        "readings_per_s_from_running": round(READINGS / (processed - running)),
+        # ... and up to the checkpoint that committed the last offset (what a restart would skip).
+        "seconds_to_committed": round(committed - running, 1),
         "parallelism": parallelism,
     }
+
+
+def _aggregated(rest: FlinkRest, job_id: str, running: float) -> tuple[float, float]:
+    """(first reading read, last reading counted into the all-time rollup), by the job's own
+    operator counts: every reading carries METRICS metrics, each one row into the rollup."""
+    first: float | None = None
+    while time.monotonic() - running < 900:
+        counts = rest.vertex_counts(job_id, ("numRecordsIn",))
+        source, rollup = _rows_into(counts, "Source"), _rows_into(counts, "GroupAggregate")
+        now = time.monotonic()
+        if first is None and source > 0:
+            first = now
+        if first is not None and rollup >= READINGS * METRICS:
+            return first, now
+        time.sleep(0.25)
+    raise TimeoutError("the job did not aggregate the backlog in 15 minutes")
+
+
+def _rows_into(counts: dict[str, dict[str, float]], vertex_prefix: str) -> float:
+    return sum(c.get("numRecordsIn", 0.0) for name, c in counts.items() if name.startswith(vertex_prefix))
 
 
 def _peer_python(stack: StackSettings) -> Path:

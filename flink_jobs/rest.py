@@ -14,8 +14,8 @@ class FlinkRest:
     def close(self) -> None:
         self._client.close()
 
-    def _get(self, path: str) -> Any:
-        response = self._client.get(path)
+    def _get(self, path: str, params: dict[str, str] | None = None) -> Any:
+        response = self._client.get(path, params=params)
         response.raise_for_status()
         return response.json()
 
@@ -36,6 +36,18 @@ class FlinkRest:
             "completed"
         )
         return latest
+
+    def vertex_counts(self, job_id: str, metrics: tuple[str, ...]) -> dict[str, dict[str, float]]:
+        """{vertex name: {metric: sum over its subtasks}}; counts are at most
+        `metrics.fetcher.update-interval` old. A vertex without figures yet has an empty dict."""
+        counts: dict[str, dict[str, float]] = {}
+        for vertex in self._get(f"/jobs/{job_id}")["vertices"]:
+            figures = self._get(
+                f"/jobs/{job_id}/vertices/{vertex['id']}/subtasks/metrics",
+                params={"get": ",".join(metrics), "agg": "sum"},
+            )
+            counts[vertex["name"]] = {m["id"]: float(m["sum"]) for m in figures if "sum" in m}
+        return counts
 
     def cancel(self, job_id: str) -> None:
         self._client.patch(f"/jobs/{job_id}", params={"mode": "cancel"}).raise_for_status()
