@@ -76,6 +76,7 @@ async def run(settings: BridgeSettings, stop: asyncio.Event | None = None) -> in
         exit_code = 1
     finally:
         source.pause()
+        await sink.stop_serving()
         # In a thread: the loop keeps running, so the confirmations' PUBACKs keep going out.
         remaining = await asyncio.to_thread(sink.close, settings.bridge_flush_timeout_s)
         await source.stop()

@@ -4,8 +4,8 @@ The per-message figures (received, produced, DLQ, acked, latency) are plain inte
 thread each writes and a collector reads at scrape time: prometheus_client's own counters take
 a lock on every increment, which was a tenth of the bridge's CPU at 10,000 messages/s.
 Writers: `received` the event loop; `produced`, `dlq`, `latency` whichever thread serves
-librdkafka's delivery reports (the poll thread, or the flushing thread once it has stopped);
-`acked` the tracker, under its lock.
+librdkafka's delivery reports (the event loop, or the flushing thread once the loop has stopped
+serving them); `acked` the tracker, under its lock.
 """
 
 from __future__ import annotations

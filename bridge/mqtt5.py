@@ -84,6 +84,7 @@ class Mqtt5Connection(asyncio.Protocol):
         self.subacks: dict[int, asyncio.Future[bytes]] = {}
         self._acks: list[int] = []
         self._acks_lock = threading.Lock()
+        self._loop_thread = threading.get_ident()
         self._flush_scheduled = False
         self._alive = True
 
@@ -175,6 +176,9 @@ class Mqtt5Connection(asyncio.Protocol):
             if self._flush_scheduled:
                 return
             self._flush_scheduled = True
+        if threading.get_ident() == self._loop_thread:
+            self._loop.call_soon(self._flush_acks)  # no wake-up write needed from the loop itself
+            return
         with contextlib.suppress(RuntimeError):  # the loop is closed: the broker redelivers
             self._loop.call_soon_threadsafe(self._flush_acks)
 

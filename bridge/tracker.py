@@ -40,8 +40,8 @@ class AckTracker:
 
     def add(self, mid: int, received_at: float) -> Ticket:
         ticket = Ticket(self, mid, received_at)
-        with self._lock:
-            self._pending.append(ticket)
+        # No lock: a deque append is atomic, and `complete` only pops from the other end.
+        self._pending.append(ticket)
         return ticket
 
     def complete(self, ticket: Ticket) -> None:
