@@ -10,7 +10,7 @@ the consumer path's own rate, not the publisher's. Latency is measured live, dev
 publisher, and the Kafka topic stamps LogAppendTime, so latency = the time Kafka appended the
 record - the time the device published it.
 
-`python -m bench.bridge [--messages 60000] [--devices 20]`; `run()` returns the figures.
+`python -m bench.bridge [--messages 200000] [--devices 20]`; `run()` returns the figures.
 """
 
 from __future__ import annotations
@@ -65,6 +65,22 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
+def end_session(settings: StackSettings, client_id: str) -> None:
+    """Connect once with a clean start and no expiry, so that the session stops collecting a
+    share: a session left behind queues every later message of the bench, and Mosquitto's
+    autosave of that queue stalls the broker for hundreds of ms every 10 s."""
+    identity = pki.service_identity(settings.pki_dir)
+    subprocess.run(
+        [
+            shutil.which("mosquitto_sub") or "mosquitto_sub",
+            *["-h", "localhost", "-p", str(settings.mqtt_port), *tls_args(identity)],
+            *["-V", "5", "-i", client_id, "-x", "0", "-t", "bench/none", "-E"],
+        ],
+        timeout=30,
+        check=True,
+    )
+
+
 def mosquitto_sub_drain(settings: StackSettings, plan: dict[str, list[bytes]]) -> dict[str, Any]:
     """The limit: the same backlog to `mosquitto_sub` (QoS 1, persistent session, window 2000)."""
     identity = pki.service_identity(settings.pki_dir)
@@ -102,10 +118,7 @@ def mosquitto_sub_drain(settings: StackSettings, plan: dict[str, list[bytes]]) -
     result = subprocess.run([*base, "-C", str(total)], stdout=subprocess.PIPE, timeout=600, check=True)
     elapsed = time.monotonic() - started
     received = result.stdout.count(b"\n")
-    # End the session (clean start, no expiry) so that it stops collecting a share: a session
-    # left behind queues every later message of the bench, and Mosquitto's autosave of that
-    # queue stalls the broker for hundreds of ms every 10 s.
-    subprocess.run([*connection, "-x", "0", "-t", "bench/none", "-E"], timeout=30, check=True)
+    end_session(settings, client_id)
     return {"messages": received, "seconds": round(elapsed, 2), "msgs_per_s": round(received / elapsed)}
 
 
@@ -300,6 +313,7 @@ def peer_drain(settings: StackSettings, plan: dict[str, list[bytes]], tmp: Path)
         records = read_topic(f"localhost:{settings.kafka_port}", topic, expect=total, timeout_s=300)
     finally:
         peer.stop()
+        end_session(settings, client_id)
     if not records:
         return {"ran": False, "why": "nothing reached Kafka; log: " + peer.log_file.read_text()[-1500:]}
     appended = sorted(r.timestamp_ms for r in records)
@@ -317,7 +331,19 @@ def peer_drain(settings: StackSettings, plan: dict[str, list[bytes]], tmp: Path)
     }
 
 
-def run(messages: int = 60_000, devices: int = 20, latency_s: float = 20.0) -> dict[str, Any]:
+def _best(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The fastest of a contender's rounds, with every round's rate beside it."""
+    ran = [r for r in runs if r.get("msgs_per_s")]
+    if not ran:
+        return runs[-1]
+    best = dict(max(ran, key=lambda r: r["msgs_per_s"]))
+    best["rounds_msgs_per_s"] = [r.get("msgs_per_s") for r in runs]
+    return best
+
+
+def run(
+    messages: int = 200_000, devices: int = 20, latency_s: float = 20.0, rounds: int = 2
+) -> dict[str, Any]:
     results: dict[str, Any] = {}
     with (
         tempfile.TemporaryDirectory(prefix="bench-bridge-") as tmp_dir,
@@ -328,16 +354,33 @@ def run(messages: int = 60_000, devices: int = 20, latency_s: float = 20.0) -> d
         ids = [f"bench-br-{i:03d}" for i in range(devices)]
         provision(settings, ids)
         per_device = messages // devices
-        plan = _plan(ids, per_device, int(time.time() * 1000))
-        results["mosquitto_sub"] = mosquitto_sub_drain(settings, plan)
-        log.info("mosquitto_sub: %s", results["mosquitto_sub"])
-        plan = _plan(ids, per_device, int(time.time() * 1000))
-        results["bridge"] = bridge_drain(settings, plan, tmp)
-        log.info("bridge: %s", results["bridge"])
+
+        def plan() -> dict[str, list[bytes]]:
+            return _plan(ids, per_device, int(time.time() * 1000))
+
+        # The run's Kafka is a fresh JVM: its first appends run interpreted. One uncounted drain
+        # warms it, so that the contender measured first is not the one that pays for it.
+        bridge_drain(settings, _plan(ids, 50_000 // devices, int(time.time() * 1000)), tmp)
+        subs, bridges, peers = [], [], []
+        for _ in range(rounds):  # alternating, so that a noisy moment does not favour one of them
+            subs.append(mosquitto_sub_drain(settings, plan()))
+            bridges.append(bridge_drain(settings, plan(), tmp))
+            try:
+                peers.append(peer_drain(settings, plan(), tmp))
+            except Exception as exc:  # a peer that cannot run here is reported, not fatal
+                peers.append({"ran": False, "why": f"{exc.__class__.__name__}: {exc}"})
+            log.info("round: sub %s, bridge %s, peer %s", subs[-1].get("msgs_per_s"),
+                     bridges[-1].get("msgs_per_s"), peers[-1].get("msgs_per_s"))
+        results["mosquitto_sub"] = _best(subs)
+        results["bridge"] = _best(bridges)
+        results["peer"] = _best(peers)
         limit = results["mosquitto_sub"]["msgs_per_s"]
         results["bridge_vs_limit"] = round(results["bridge"]["msgs_per_s"] / limit, 3)
-        plan = _plan(ids, per_device, int(time.time() * 1000))
-        results["bridge_x2"] = bridge_drain(settings, plan, tmp, instances=2)
+        if results["peer"].get("msgs_per_s"):
+            results["bridge_vs_peer"] = round(
+                results["bridge"]["msgs_per_s"] / results["peer"]["msgs_per_s"], 2
+            )
+        results["bridge_x2"] = bridge_drain(settings, plan(), tmp, instances=2)
         log.info("2 bridges: %s", results["bridge_x2"])
         results["bridge_x2_vs_limit"] = round(results["bridge_x2"]["msgs_per_s"] / limit, 3)
         half = results["bridge"]["msgs_per_s"] / 2
@@ -348,17 +391,13 @@ def run(messages: int = 60_000, devices: int = 20, latency_s: float = 20.0) -> d
         for fixed in (1_000, 3_000, 5_000):
             results[f"latency_at_{fixed}"] = bridge_latency(settings, ids, fixed, latency_s, tmp)
             log.info("latency at %d msgs/s: %s", fixed, results[f"latency_at_{fixed}"])
-        try:
-            plan = _plan(ids, per_device, int(time.time() * 1000))
-            results["peer"] = peer_drain(settings, plan, tmp)
-        except Exception as exc:  # a peer that cannot run here is reported, not fatal
-            results["peer"] = {"ran": False, "why": f"{exc.__class__.__name__}: {exc}"}
+    results["targets"] = {"bridge_vs_limit": 0.8, "bridge_vs_peer": 1.0, "p99_ms_at_half_rate": 50}
     return results
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bridge")
-    parser.add_argument("--messages", type=int, default=60_000)
+    parser.add_argument("--messages", type=int, default=200_000)
     parser.add_argument("--devices", type=int, default=20)
     parser.add_argument("--latency-seconds", type=float, default=20.0)
     args = parser.parse_args(argv)

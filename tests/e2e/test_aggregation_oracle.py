@@ -21,7 +21,8 @@ import httpx
 import pytest
 from cassandra.cluster import Session
 from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 
 from flink_jobs.config import FlinkJobSettings
 from flink_jobs.job import submit

@@ -27,6 +27,7 @@ from gateway.contract import telemetry_payload
 from gateway.registry import DeviceRegistry, provision_device
 from gateway.registry import connect as registry_session
 from stack.config import StackSettings
+from tests.integration.bridge_harness import header_map
 from tests.integration.query_api_support import password_token
 from tests.oracle import OracleReading, close_enough, expected
 
@@ -88,8 +89,7 @@ def _dlq_reasons(bootstrap: str, start: list[TopicPartition], device_ids: set[st
             if message is None or message.error():
                 continue
             if (message.key() or b"").decode() in device_ids:
-                headers = dict(message.headers() or [])
-                reasons.append(headers["reason"].decode())
+                reasons.append(header_map(message.headers())["reason"].decode())
     finally:
         consumer.close()
     return reasons

@@ -115,8 +115,7 @@ def read_topic(
                 if msg.error():
                     continue
                 value = msg.value() or b""
-                raw_headers: list[tuple[str, bytes]] = list(msg.headers() or [])
-                headers = dict(raw_headers)
+                headers = header_map(msg.headers())
                 record = KafkaRecord(
                     msg.key(),
                     value,
@@ -329,6 +328,13 @@ class BridgeProcess:
     def close(self) -> None:
         self.terminate()
         self.end_session()
+
+
+def header_map(headers: object) -> dict[str, bytes]:
+    """A Kafka record's headers as a dict; confluent-kafka returns a list of pairs (or None)."""
+    pairs = headers.items() if isinstance(headers, dict) else (headers or [])
+    assert isinstance(pairs, Iterable)
+    return {str(k): v.encode() if isinstance(v, str) else (v or b"") for k, v in pairs}
 
 
 def rss_bytes(pid: int) -> int:
