@@ -72,10 +72,27 @@ def read_pid(spec: ProcessSpec) -> int | None:
         pid_num = int(pid)
     except (OSError, ValueError):
         return None
-    if _alive(pid_num) and marker.strip() and marker.strip() in _cmdline(pid_num):
-        return pid_num
+    marker = marker.strip()
+    for _ in range(25):
+        if not marker or not _alive(pid_num):
+            break
+        cmdline = _cmdline(pid_num)
+        if cmdline:
+            if marker in cmdline:
+                return pid_num
+            break
+        # Empty while a launcher (setpriv) execs the real program in place: that is our process
+        # mid-exec, not a stale pid file. Seen as a spurious "exited while waiting for readiness".
+        time.sleep(0.02)
     spec.pid_file.unlink(missing_ok=True)
     return None
+
+
+def _write_pid_file(path: Path, pid: int, marker: str) -> None:
+    """Atomically: a reader must never see a half-written pid file."""
+    partial = path.with_suffix(".pid.tmp")
+    partial.write_text(f"{pid}\n{marker}\n")
+    os.replace(partial, path)
 
 
 def is_running(spec: ProcessSpec) -> bool:
@@ -112,7 +129,7 @@ def _launch(spec: ProcessSpec) -> int:
             start_new_session=True,
         )
     marker = spec.marker or max(spec.argv, key=len)[:200]
-    spec.pid_file.write_text(f"{proc.pid}\n{marker}\n")
+    _write_pid_file(spec.pid_file, proc.pid, marker)
     log.info("started %s (pid %d), log %s", spec.name, proc.pid, spec.log_file)
     return proc.pid
 
@@ -224,6 +241,6 @@ def adopt(spec: ProcessSpec, needle: str) -> int | None:
     if len(alive) != 1:
         return None
     spec.run_dir.mkdir(parents=True, exist_ok=True)
-    spec.pid_file.write_text(f"{alive[0]}\n{needle}\n")
+    _write_pid_file(spec.pid_file, alive[0], needle)
     log.warning("%s: adopted running pid %d (its pid file was missing)", spec.name, alive[0])
     return alive[0]
