@@ -19,6 +19,7 @@ import argparse
 import gc
 import json
 import logging
+import os
 import shutil
 import statistics
 import subprocess
@@ -63,6 +64,24 @@ def _plan(
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def _cpu_seconds(settings: StackSettings) -> dict[str, float]:
+    """CPU time used so far by the run's own Mosquitto and Kafka (from their pid files)."""
+    used: dict[str, float] = {}
+    for pid_file in settings.run_dir.glob("*.pid"):
+        try:
+            stat = Path(f"/proc/{pid_file.read_text().split()[0]}/stat").read_text()
+        except (OSError, IndexError):
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        used[pid_file.stem] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return used
+
+
+def _cpu_us_per_message(before: dict[str, float], after: dict[str, float], messages: int) -> dict[str, float]:
+    """Per message, from publishing the backlog to the end of the drain."""
+    return {name: round((after[name] - before[name]) / messages * 1e6, 1) for name in before if name in after}
 
 
 def end_session(settings: StackSettings, client_id: str) -> None:
@@ -113,13 +132,20 @@ def mosquitto_sub_drain(settings: StackSettings, plan: dict[str, list[bytes]]) -
         f"$share/{client_id}/devices/+/telemetry",
     ]
     subprocess.run([*base, "-E"], check=True, timeout=30)  # session + subscription, then exit
+    cpu_before = _cpu_seconds(settings)
     publish(settings, plan, window=100)
     started = time.monotonic()
     result = subprocess.run([*base, "-C", str(total)], stdout=subprocess.PIPE, timeout=600, check=True)
     elapsed = time.monotonic() - started
     received = result.stdout.count(b"\n")
+    cpu = _cpu_us_per_message(cpu_before, _cpu_seconds(settings), total)
     end_session(settings, client_id)
-    return {"messages": received, "seconds": round(elapsed, 2), "msgs_per_s": round(received / elapsed)}
+    return {
+        "messages": received,
+        "seconds": round(elapsed, 2),
+        "msgs_per_s": round(received / elapsed),
+        "cpu_us_per_msg": cpu,
+    }
 
 
 def bridge_drain(
@@ -142,12 +168,14 @@ def bridge_drain(
     try:
         for each in bridges:
             assert each.terminate() == 0
+        cpu_before = _cpu_seconds(settings)
         publish(settings, plan, window=100)
         for each in bridges:
             each.start()
         records = read_topic(
             bridge.kafka_bootstrap, bridge.readings_topic, expect=total, timeout_s=600, identity=reading_id
         )
+        cpu = _cpu_us_per_message(cpu_before, _cpu_seconds(settings), total)
         appended = sorted(r.timestamp_ms for r in records)
         distinct = len({reading_id(r) for r in records})
         # Kafka's own clock: first to last append, plus one mean inter-arrival for the first.
@@ -163,6 +191,8 @@ def bridge_drain(
             "seconds": round(span_s, 2),
             "msgs_per_s": round(distinct / span_s),
             "broker_dropped": metrics["bridge_mosquitto_dropped_messages"],
+            # The run's Mosquitto and Kafka: what is left of the two cores for the bridge itself.
+            "cpu_us_per_msg": cpu,
         }
     finally:
         for each in bridges:
