@@ -122,8 +122,11 @@ class KafkaSink:
     async def _serve(self) -> None:
         producer = self._producer
         while True:
-            producer.poll(0)
-            self._retry_due()
+            try:
+                producer.poll(0)
+                self._retry_due()
+            except Exception:  # a failing callback must not stop every later confirmation
+                log.exception("serving Kafka delivery reports failed; continuing")
             await asyncio.sleep(_SERVE_BUSY_S if len(producer) else _SERVE_IDLE_S)
 
     def _retry_due(self) -> None:
