@@ -14,7 +14,7 @@ import signal
 
 from bridge.config import BridgeSettings
 from bridge.errors import BridgeError
-from bridge.forwarder import Forwarder
+from bridge.forwarder import Forwarder, Token
 from bridge.http import serve
 from bridge.kafka_sink import KafkaSink
 from bridge.metrics import BridgeMetrics
@@ -36,12 +36,13 @@ async def run(settings: BridgeSettings, stop: asyncio.Event | None = None) -> in
         settings.cassandra_hosts.split(","), settings.cassandra_port, settings.cassandra_keyspace,
         settings.bridge_unknown_device_ttl_s,
     )
-    sink = KafkaSink(settings.producer_config())
+    sink: KafkaSink[Token] = KafkaSink(settings.producer_config())
     sink.on_delivery_error = lambda name: metrics.delivery_errors.labels(error=name).inc()
     metrics.kafka_up.set_function(lambda: 1.0 if sink.brokers_up else 0.0)
     forwarder = Forwarder(
         sink, tenants, metrics, settings.bridge_readings_topic, settings.bridge_dlq_topic
     )
+    sink.on_confirmed = forwarder.confirmed
     source = MqttSource(settings, forwarder, metrics)
 
     def health() -> tuple[bool, dict[str, object]]:

@@ -1,11 +1,12 @@
 """The Kafka side: an idempotent, batching confluent-kafka producer served on the event loop.
 
-`produce` never blocks for long: librdkafka batches, and its delivery reports call each record's
-`on_delivered`, which is what finally lets the MQTT side acknowledge. The reports are served by a
-task on the bridge's own event loop, not by a polling thread: a second Python thread made both
-contend for the GIL and for the tracker's lock on every message (py-spy: a fifth of the samples).
-A failed delivery is produced again after a pause, so a record is either confirmed or still held
-(and then not acknowledged to MQTT): never dropped.
+`produce` never blocks for long: librdkafka batches. Each record carries a token; delivery
+reports collect the tokens of what Kafka confirmed, and after each poll they are handed to
+`on_confirmed` in one list, which is what finally lets the MQTT side acknowledge. The reports
+are served by a task on the bridge's own event loop, not by a polling thread: a second Python
+thread made both contend for the GIL on every message (py-spy: a fifth of the samples).
+A failed delivery is produced again after a pause, from the report's own copy of the record, so
+a record is either confirmed or still held (and then not acknowledged to MQTT): never dropped.
 """
 
 from __future__ import annotations
@@ -16,9 +17,8 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
@@ -27,34 +27,34 @@ from bridge.errors import BridgeError
 log = logging.getLogger(__name__)
 
 _RETRY_AFTER_S = 1.0
+_FAILURE_LOG_EVERY_S = 10.0
 # How often the loop serves delivery reports while records are out: a confirmation waits at most
 # this long for its PUBACK. With nothing out, a slower beat still serves errors and retries.
 _SERVE_BUSY_S = 0.001
 _SERVE_IDLE_S = 0.05
 
-
-@dataclass(slots=True)
-class Record:
-    topic: str
-    key: bytes | None
-    value: bytes
-    headers: list[tuple[str, str | bytes | None]] | None
-    on_delivered: Callable[[], None]
-    attempts: int = 0
+Headers = list[tuple[str, str | bytes | None]] | dict[str, str | bytes | None]
+T = TypeVar("T")
 
 
-class KafkaSink:
+class KafkaSink(Generic[T]):
+    """Produces records, each with a token of type T that comes back through `on_confirmed`."""
+
     def __init__(self, config: Mapping[str, str | int | float | bool]) -> None:
         conf: dict[str, Any] = {**config, "error_cb": self._on_error}
         try:
             self._producer = Producer(conf)
         except KafkaException as exc:
             raise BridgeError(f"bad Kafka producer config: {exc}") from exc
-        self._retries: deque[tuple[float, Record]] = deque()
+        self._confirmed: list[T] = []
+        self._retries: deque[tuple[float, str, bytes, bytes | None, Headers | None, T]] = deque()
         self._server: asyncio.Task[None] | None = None
+        self._failures_logged_at = 0.0
+        self._failures_unlogged = 0
         self.fatal_error: str | None = None
         self.brokers_up = True
         self.delivery_errors = 0
+        self.on_confirmed: Callable[[list[T]], None] = lambda tokens: None
         self.on_delivery_error: Callable[[str], None] = lambda reason: None
 
     def start(self) -> None:
@@ -69,48 +69,48 @@ class KafkaSink:
                 await self._server
             self._server = None
 
-    def produce(self, record: Record) -> None:
-        record.attempts += 1
+    def produce(
+        self, topic: str, value: bytes, key: bytes | None, headers: Headers | None, token: T
+    ) -> None:
         while True:
             try:
+                # partial, not a lambda: one Python frame less per delivery report.
                 self._producer.produce(
-                    record.topic,
-                    record.value,
-                    record.key,
-                    headers=record.headers,
-                    # partial, not a lambda: one Python frame less per delivery report.
-                    on_delivery=partial(self._delivered, record),
+                    topic, value, key, on_delivery=partial(self._delivered, token), headers=headers
                 )
                 return
             except BufferError:
                 # librdkafka's own queue is full (far above the MQTT window): let deliveries drain.
                 time.sleep(0.01)
             except KafkaException as exc:
-                self._fail(record, exc.args[0])
+                self._fail(exc.args[0], topic, value, key, headers, token)
                 return
 
-    def _delivered(self, record: Record, err: KafkaError | None, msg: Message) -> None:
+    def _delivered(self, token: T, err: KafkaError | None, msg: Message) -> None:
         if err is None:
-            self.brokers_up = True
-            record.on_delivered()
+            self._confirmed.append(token)
             return
-        self._fail(record, err)
+        self._fail(err, msg.topic() or "", msg.value() or b"", msg.key(), msg.headers(), token)
 
-    def _fail(self, record: Record, err: KafkaError) -> None:
+    def _fail(self, err: KafkaError, topic: str, value: bytes, key: bytes | None,
+              headers: Headers | None, token: T) -> None:
         self.delivery_errors += 1
         self.on_delivery_error(err.name())
         if err.fatal():
             # The idempotent producer cannot continue; nothing unconfirmed was acknowledged, so
             # exiting and letting the broker redeliver is safe.
             self.fatal_error = f"{err.name()}: {err.str()}"
-            log.error("fatal Kafka error on topic %s: %s", record.topic, self.fatal_error)
+            log.error("fatal Kafka error on topic %s: %s", topic, self.fatal_error)
             return
-        if record.attempts == 1 or record.attempts % 30 == 0:
-            log.warning(
-                "delivery to %s failed (attempt %d, key %r): %s; retrying",
-                record.topic, record.attempts, record.key, err.str(),
-            )
-        self._retries.append((time.monotonic() + _RETRY_AFTER_S, record))
+        now = time.monotonic()
+        if now - self._failures_logged_at >= _FAILURE_LOG_EVERY_S:
+            log.warning("delivery to %s failed (key %r): %s; retrying in %.0fs (%d more failures "
+                        "since the last report)", topic, key, err.str(), _RETRY_AFTER_S,
+                        self._failures_unlogged)
+            self._failures_logged_at, self._failures_unlogged = now, 0
+        else:
+            self._failures_unlogged += 1
+        self._retries.append((now + _RETRY_AFTER_S, topic, value, key, headers, token))
 
     def _on_error(self, err: KafkaError) -> None:
         if err.code() == KafkaError._ALL_BROKERS_DOWN:
@@ -123,16 +123,28 @@ class KafkaSink:
         producer = self._producer
         while True:
             try:
-                producer.poll(0)
-                self._retry_due()
+                self.serve_once()
             except Exception:  # a failing callback must not stop every later confirmation
                 log.exception("serving Kafka delivery reports failed; continuing")
             await asyncio.sleep(_SERVE_BUSY_S if len(producer) else _SERVE_IDLE_S)
 
+    def serve_once(self, timeout_s: float = 0.0) -> None:
+        """Serve the delivery reports that are ready, hand the confirmations over, retry."""
+        self._producer.poll(timeout_s)
+        self._hand_over()
+        self._retry_due()
+
+    def _hand_over(self) -> None:
+        if self._confirmed:
+            tokens, self._confirmed = self._confirmed, []
+            self.brokers_up = True
+            self.on_confirmed(tokens)
+
     def _retry_due(self) -> None:
         now = time.monotonic()
         while self._retries and self._retries[0][0] <= now:
-            self.produce(self._retries.popleft()[1])
+            _, topic, value, key, headers, token = self._retries.popleft()
+            self.produce(topic, value, key, headers, token)
 
     @property
     def queued(self) -> int:
@@ -160,7 +172,9 @@ class KafkaSink:
         deadline = time.monotonic() + timeout_s
         while self.queued and time.monotonic() < deadline and self.fatal_error is None:
             self._producer.flush(min(0.2, max(0.0, deadline - time.monotonic())))
+            self._hand_over()
             self._retry_due()
+        self._hand_over()
         return self.queued
 
     def close(self, timeout_s: float) -> int:

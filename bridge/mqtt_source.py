@@ -22,7 +22,7 @@ from bridge.config import BridgeSettings
 from bridge.errors import BridgeError
 from bridge.forwarder import Forwarder
 from bridge.metrics import BridgeMetrics
-from bridge.mqtt5 import Mqtt5Connection, MqttProtocolError, connect_packet, tls_context
+from bridge.mqtt5 import Mqtt5Connection, MqttProtocolError, Publish, connect_packet, tls_context
 from bridge.tracker import AckTracker
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ class MqttSource:
         loop = asyncio.get_running_loop()
         _, conn = await asyncio.wait_for(
             loop.create_connection(
-                lambda: Mqtt5Connection(self._on_publish, s.bridge_keepalive_s),
+                lambda: Mqtt5Connection(self._on_publishes, s.bridge_keepalive_s),
                 s.mqtt_host, s.mqtt_port, ssl=self._tls, server_hostname=s.mqtt_host,
             ),
             10.0,
@@ -123,13 +123,13 @@ class MqttSource:
             else:
                 log.info("disconnected from Mosquitto; %d unacknowledged", dropped)
 
-    def _send_ack(self, conn: Mqtt5Connection) -> Callable[[int], None]:
+    def _send_ack(self, conn: Mqtt5Connection) -> Callable[[list[int]], None]:
         counts = self._metrics.counts
 
-        def send(packet_id: int) -> None:
+        def send(packet_ids: list[int]) -> None:
             # Called under the tracker's lock: one writer at a time for `acked`.
-            conn.ack(packet_id)
-            counts.acked += 1
+            conn.ack(packet_ids)
+            counts.acked += len(packet_ids)
 
         return send
 
@@ -145,18 +145,29 @@ class MqttSource:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(conn.closed), timeout_s)
 
-    def _on_publish(self, topic: str, payload: bytes, packet_id: int, dup: bool) -> None:
-        if topic.startswith("$SYS/"):
-            self._on_sys(topic, payload)
-            return
-        if self._paused:
-            return
+    def _on_publishes(self, publishes: list[Publish]) -> None:
+        for _topic, _payload, _mid, dup in publishes:
+            if dup or _topic[:1] == "$":
+                publishes = self._set_apart(publishes)
+                break
+        if self._paused or not publishes:
+            return  # not acknowledged: the broker redelivers them to the next session
         tracker = self._tracker
-        if packet_id and tracker is None:
+        if tracker is None:
             return  # cannot happen inside a connection; never ack on the wrong one
-        if dup:
-            self._metrics.counts.redelivered += 1
-        self._forwarder.handle(tracker if packet_id else None, topic, payload, packet_id)
+        self._forwarder.handle(tracker, publishes)
+
+    def _set_apart(self, publishes: list[Publish]) -> list[Publish]:
+        """Count redeliveries and take out the $SYS messages; the rest go on."""
+        telemetry: list[Publish] = []
+        for item in publishes:
+            if item[0].startswith("$SYS/"):
+                self._on_sys(item[0], item[1])
+                continue
+            if item[3]:
+                self._metrics.counts.redelivered += 1
+            telemetry.append(item)
+        return telemetry
 
     def _on_sys(self, topic: str, payload: bytes) -> None:
         if topic != SYS_DROPPED:

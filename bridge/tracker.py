@@ -1,71 +1,77 @@
 """In-order acknowledgement of one MQTT connection's QoS 1 messages.
 
 MQTT requires PUBACKs in the order the PUBLISHes arrived, but Kafka confirms partitions out of
-order. The tracker keeps the received messages in arrival order and releases the longest prefix
-that Kafka has confirmed. One tracker per connection: after a reconnect the broker may reuse
-packet ids, so a late confirmation for the old connection must never PUBACK on the new one.
+order. The tracker numbers the received messages in arrival order; confirmations mark numbers
+done, and `release` acknowledges the longest done prefix. Marking and releasing are separate so
+that a whole poll's worth of confirmations costs one release and one socket write.
+One tracker per connection: after a reconnect the broker may reuse packet ids, so a late
+confirmation for the old connection must never PUBACK on the new one.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable
-
-
-class Ticket:
-    """One received message waiting for its Kafka confirmation."""
-
-    __slots__ = ("done", "mid", "received_at", "tracker")
-
-    def __init__(self, tracker: AckTracker, mid: int, received_at: float) -> None:
-        self.tracker = tracker
-        self.mid = mid
-        self.received_at = received_at
-        self.done = False
-
-    def complete(self) -> None:
-        self.tracker.complete(self)
+from collections.abc import Callable, Iterable
 
 
 class AckTracker:
-    """Arrival-ordered tickets; `send_ack(mid)` is called in arrival order, under the lock."""
+    """Arrival-ordered messages; `send_acks(mids)` gets each released run of packet ids, in order."""
 
-    def __init__(self, send_ack: Callable[[int], object]) -> None:
-        self._send_ack = send_ack
+    def __init__(self, send_acks: Callable[[list[int]], object]) -> None:
+        self._send_acks = send_acks
+        # One thread releases at a time (the event loop, or the flushing thread at shutdown).
         self._lock = threading.Lock()
-        self._pending: deque[Ticket] = deque()
+        self._mids: deque[int] = deque()
+        self._head = 0  # the number of _mids[0]
+        self._next = 0
+        self._done: set[int] = set()
         self._closed = False
         self.acked = 0
 
-    def add(self, mid: int, received_at: float) -> Ticket:
-        ticket = Ticket(self, mid, received_at)
-        # No lock: a deque append is atomic, and `complete` only pops from the other end.
-        self._pending.append(ticket)
-        return ticket
+    def add(self, mid: int) -> int:
+        """Register a received message; returns its number, to `confirm` once Kafka has it."""
+        # No lock: a deque append is atomic, and `release` only pops from the other end.
+        self._mids.append(mid)
+        number = self._next
+        self._next = number + 1
+        return number
 
-    def complete(self, ticket: Ticket) -> None:
+    def confirm(self, numbers: Iterable[int]) -> None:
+        """Mark messages done; nothing is acknowledged before `release`."""
+        self._done.update(numbers)
+
+    def release(self) -> int:
+        """Acknowledge the longest prefix of done messages, in arrival order; returns how many."""
         with self._lock:
-            ticket.done = True
-            if self._closed:
-                return
-            pending = self._pending
-            # The ack is sent under the lock so that two confirming threads cannot reorder PUBACKs.
-            while pending and pending[0].done:
-                self._send_ack(pending.popleft().mid)
-                self.acked += 1
+            done, mids = self._done, self._mids
+            head = self._head
+            if self._closed or head not in done:
+                return 0
+            popleft, discard = mids.popleft, done.discard
+            acks: list[int] = []
+            append = acks.append
+            while head in done:
+                discard(head)
+                append(popleft())
+                head += 1
+            self._head = head
+            self.acked += len(acks)
+            self._send_acks(acks)
+            return len(acks)
 
     def close(self) -> int:
         """The connection is gone: drop what is pending (the broker redelivers it); count it."""
         with self._lock:
             self._closed = True
-            dropped = len(self._pending)
-            self._pending.clear()
+            dropped = len(self._mids)
+            self._mids.clear()
+            self._done.clear()
             return dropped
 
     @property
     def in_flight(self) -> int:
-        return len(self._pending)
+        return len(self._mids)
 
     @property
     def closed(self) -> bool:

@@ -10,10 +10,9 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -68,9 +67,8 @@ def is_valid_tenant(tenant: str) -> bool:
     return bool(_TENANT.match(tenant))
 
 
-@dataclass(frozen=True, slots=True)
-class Reading:
-    """A validated reading, as it goes to Kafka `iot.readings`."""
+class Reading(NamedTuple):
+    """A validated reading, as it goes to Kafka `iot.readings` (a tuple: built once per message)."""
 
     device_id: str
     ts: int
@@ -124,12 +122,22 @@ def parse_ts(value: object) -> int:
 
 
 def _parse_metrics(value: object) -> dict[str, float]:
-    if not isinstance(value, dict):
+    if type(value) is not dict:
         raise InvalidTelemetry(Reason.BAD_METRICS, "metrics must be an object")
     if not value:
         raise InvalidTelemetry(Reason.BAD_METRICS, "metrics is empty")
     if len(value) > MAX_METRICS:
         raise InvalidTelemetry(Reason.TOO_MANY_METRICS, f"{len(value)} metrics, at most {MAX_METRICS}")
+    good = _GOOD_METRIC_NAMES
+    for name, raw in value.items():
+        # The common case in one test: a known name and a finite float (x - x is NaN otherwise).
+        if type(raw) is float and raw - raw == 0.0 and name in good:
+            continue
+        return _parse_metrics_slowly(value)
+    return value
+
+
+def _parse_metrics_slowly(value: dict[str, object]) -> dict[str, float]:
     metrics: dict[str, float] = {}
     for name, raw in value.items():
         if name not in _GOOD_METRIC_NAMES:
@@ -212,7 +220,9 @@ def parse_telemetry(topic: str, payload: bytes, now_ms: int) -> Reading:
         raise InvalidTelemetry(Reason.DEVICE_MISMATCH, f"deviceId {str(claimed)[:70]!r} != topic")
     if "ts" not in body:
         raise InvalidTelemetry(Reason.MISSING_TS, "ts is required")
-    ts = parse_ts(body["ts"])
+    ts = body["ts"]
+    if type(ts) is not int:  # epoch ms is the common case; anything else is normalised
+        ts = parse_ts(ts)
     if ts > now_ms + MAX_FUTURE_MS:
         raise InvalidTelemetry(Reason.TS_IN_FUTURE, f"ts {ts} is {ts - now_ms} ms ahead")
     if ts < now_ms - MAX_AGE_MS:
@@ -221,6 +231,6 @@ def parse_telemetry(topic: str, payload: bytes, now_ms: int) -> Reading:
         raise InvalidTelemetry(Reason.MISSING_METRICS, "metrics is required")
     metrics = _parse_metrics(body["metrics"])
     seq = body.get("seq")
-    if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int) or seq < 0):
+    if seq is not None and (type(seq) is not int or seq < 0):
         raise InvalidTelemetry(Reason.BAD_SEQ, f"seq {str(seq)[:30]!r} is not a non-negative integer")
-    return Reading(device_id=device_id, ts=ts, metrics=metrics, seq=seq)
+    return Reading(device_id, ts, metrics, seq)

@@ -131,6 +131,26 @@ def read_topic(
     return records
 
 
+def wait_for_records(bootstrap: str, topic: str, expect: int, timeout_s: float) -> int:
+    """Wait until the topic holds `expect` records (its end offsets), without reading them: a
+    benchmark must not spend the cores it measures on decoding what it measures."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "watermarks", "log_level": 0})
+    deadline = time.monotonic() + timeout_s
+    held = 0
+    try:
+        while time.monotonic() < deadline:
+            held = sum(
+                consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5.0)[1]
+                for p in range(KAFKA_READINGS_PARTITIONS)
+            )
+            if held >= expect:
+                break
+            time.sleep(0.2)
+    finally:
+        consumer.close()
+    return held
+
+
 async def _publish(
     settings: StackSettings,
     plan: Mapping[str, list[bytes]],

@@ -50,7 +50,13 @@ def test_connect_carries_clean_start_off_session_expiry_and_receive_maximum() ->
 
 async def test_publishes_are_parsed_across_fragments_and_acks_batched_in_order() -> None:
     got: list[tuple[str, bytes, int, bool]] = []
-    conn = Mqtt5Connection(lambda *args: got.append(args), keepalive_s=30)
+    reads: list[int] = []
+
+    def on_publishes(publishes: list[tuple[str, bytes, int, bool]]) -> None:
+        got.extend(publishes)
+        reads.append(len(publishes))
+
+    conn = Mqtt5Connection(on_publishes, keepalive_s=30)
     transport = FakeTransport()
     conn.connection_made(transport)
     stream = (
@@ -67,14 +73,35 @@ async def test_publishes_are_parsed_across_fragments_and_acks_batched_in_order()
         ("devices/b/telemetry", b"x" * 300, 8, True),
         ("$SYS/broker/publish/messages/sent", b"5", 0, False),
     ]
-    conn.ack(8)
-    conn.ack(7)
-    await asyncio.sleep(0)
+    assert sum(reads) == 3
+    conn.ack([8, 7])
     assert transport.written == [b"\x40\x02\x00\x08\x40\x02\x00\x07"]
 
 
+async def test_one_read_hands_its_publishes_over_in_one_list() -> None:
+    reads: list[list[tuple[str, bytes, int, bool]]] = []
+    conn = Mqtt5Connection(reads.append, keepalive_s=30)
+    conn.connection_made(FakeTransport())
+    packets = b"".join(publish(f"devices/d{i}/telemetry", b"p" * i, i + 1) for i in range(200))
+    conn.data_received(packets[:-3])  # the last packet completes with the next read
+    conn.data_received(packets[-3:])
+    assert [len(r) for r in reads] == [199, 1]
+    assert reads[0][150] == ("devices/d150/telemetry", b"p" * 150, 151, False)
+
+
+async def test_acks_from_another_thread_are_written_by_the_loop_in_order() -> None:
+    conn = Mqtt5Connection(lambda publishes: None, keepalive_s=30)
+    transport = FakeTransport()
+    conn.connection_made(transport)
+    await asyncio.to_thread(conn.ack, [1, 2])
+    await asyncio.to_thread(conn.ack, [3])
+    conn.ack([4])
+    await asyncio.sleep(0.01)
+    assert b"".join(transport.written) == b"".join(b"\x40\x02\x00" + bytes([i]) for i in (1, 2, 3, 4))
+
+
 async def test_refused_connack_fails_the_connection() -> None:
-    conn = Mqtt5Connection(lambda *args: None, keepalive_s=30)
+    conn = Mqtt5Connection(lambda publishes: None, keepalive_s=30)
     conn.connection_made(FakeTransport())
     conn.data_received(_packet(0x20, b"\x00\x87\x00"))  # not authorized
     try:
