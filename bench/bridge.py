@@ -377,6 +377,30 @@ def peer_drain(settings: StackSettings, plan: dict[str, list[bytes]], tmp: Path)
     }
 
 
+# A live rate is kept up with while its p99 stays under this: the backlog does not build.
+KEEPS_UP_P99_MS = 1000.0
+
+
+def live_maximum(
+    settings: StackSettings, devices: list[str], tmp: Path, step: float = 10_000, seconds: float = 10.0
+) -> dict[str, Any]:
+    """The highest paced rate (in steps) whose p99 publish-to-Kafka latency stays under a second,
+    with every message in Kafka: beyond it the two cores fall behind and a backlog builds."""
+    tried: dict[int, float] = {}
+    best = 0.0
+    rate = step
+    while True:
+        figures = bridge_latency(settings, devices, rate, seconds, tmp)
+        tried[int(rate)] = figures["p99_ms"]
+        log.info("live %d msgs/s: p50 %s ms, p99 %s ms", rate, figures["p50_ms"], figures["p99_ms"])
+        if figures["p99_ms"] >= KEEPS_UP_P99_MS or figures["in_kafka"] < figures["messages"]:
+            break
+        best = rate
+        rate += step
+    return {"msgs_per_s": best or step / 2, "p99_ms_by_rate": tried,
+            "keeps_up": f"p99 < {KEEPS_UP_P99_MS:.0f} ms, nothing missing"}
+
+
 def _best(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The fastest of a contender's rounds, with every round's rate beside it."""
     ran = [r for r in runs if r.get("msgs_per_s")]
@@ -431,13 +455,28 @@ def run(
         results["bridge_x2_vs_limit"] = round(results["bridge_x2"]["msgs_per_s"] / limit, 3)
         half = results["bridge"]["msgs_per_s"] / 2
         results["latency_at_half_rate"] = bridge_latency(settings, ids, half, latency_s, tmp)
-        log.info("latency: %s", results["latency_at_half_rate"])
+        log.info("latency at half the drain rate: %s", results["latency_at_half_rate"])
+        # The drain's rate leaves out the devices: live, the publishers and Mosquitto's inbound
+        # side share the two cores too. The highest live rate that the whole path keeps up with,
+        # and the latency at half of it.
+        results["live_maximum"] = live_maximum(settings, ids, tmp)
+        live_half = results["live_maximum"]["msgs_per_s"] / 2
+        results["latency_at_half_live_maximum"] = bridge_latency(
+            settings, ids, live_half, latency_s, tmp
+        )
+        log.info("latency at half the live maximum: %s", results["latency_at_half_live_maximum"])
         # Live, the bridge reads a few messages per TLS record instead of a backlog's full reads:
         # the rates where the latency target holds on this machine, for the notes.
         for fixed in (1_000, 3_000, 5_000):
             results[f"latency_at_{fixed}"] = bridge_latency(settings, ids, fixed, latency_s, tmp)
             log.info("latency at %d msgs/s: %s", fixed, results[f"latency_at_{fixed}"])
     results["targets"] = {"bridge_vs_limit": 0.8, "bridge_vs_peer": 1.0, "p99_ms_at_half_rate": 50}
+    results["met"] = {
+        "bridge_vs_limit": results["bridge_vs_limit"] >= 0.8,
+        "bridge_vs_peer": results.get("bridge_vs_peer", 0) > 1.0,
+        "p99_ms_at_half_drain_rate": results["latency_at_half_rate"]["p99_ms"] < 50,
+        "p99_ms_at_half_live_maximum": results["latency_at_half_live_maximum"]["p99_ms"] < 50,
+    }
     return results
 
 

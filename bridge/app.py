@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 
@@ -22,6 +23,19 @@ from bridge.mqtt_source import MqttSource
 from bridge.tenants import RegistryTenants
 
 log = logging.getLogger(__name__)
+
+
+def _settle_garbage_collector() -> None:
+    """Every message allocates a few short-lived containers, and the messages in flight survive a
+    young collection or two; with the default thresholds the collector kept re-walking the
+    libraries' long-lived objects (cassandra-driver, pydantic, prometheus). Frozen after start-up,
+    they are never walked again, and young collections run ten times less often (measured: a
+    tenth of the bridge's CPU per message)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 20)
+    log.info("garbage collector: %d start-up objects frozen, thresholds %s",
+             gc.get_freeze_count(), gc.get_threshold())
 
 
 async def run(settings: BridgeSettings, stop: asyncio.Event | None = None) -> int:
@@ -60,6 +74,7 @@ async def run(settings: BridgeSettings, stop: asyncio.Event | None = None) -> in
     sink.start()
     await asyncio.to_thread(tenants.preload)
     await asyncio.to_thread(sink.warm_up, [settings.bridge_readings_topic, settings.bridge_dlq_topic])
+    _settle_garbage_collector()
     exit_code = 0
     mqtt = asyncio.create_task(source.run(stop), name="mqtt")
     try:
