@@ -66,6 +66,16 @@ logger.kafka-clients.level = INFO
 """
 
 
+def new_cluster_id() -> str:
+    """Kafka's Uuid text form: URL-safe base64 of 16 random bytes, unpadded, never starting with
+    '-' (1 in 64 would): the storage tool's argument parser takes such an id for an option
+    ("--cluster-id: expected one argument"), which is why Kafka's own Uuid.randomUuid avoids it."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 class KafkaService(Service):
     name = "kafka"
     stage = 0
@@ -101,9 +111,11 @@ class KafkaService(Service):
         """Generated once and kept in .stack, so the formatted log dirs always match it."""
         path = self.settings.service_dir(self.name) / "cluster.id"
         if path.exists():
-            return path.read_text().strip()
-        # Kafka's Uuid text form: URL-safe base64 of 16 random bytes, unpadded.
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+            stored = path.read_text().strip()
+            # An id from before new_cluster_id avoided a leading '-' is kept once it is in use.
+            if not stored.startswith("-") or (self.data_dir / "meta.properties").exists():
+                return stored
+        cluster_id = new_cluster_id()
         path.write_text(cluster_id + "\n")
         return cluster_id
 

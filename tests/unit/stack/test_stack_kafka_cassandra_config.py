@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
+
+import pytest
 
 from gateway import topics
 from stack.config import StackSettings
 from stack.services.cassandra import CassandraService
-from stack.services.kafka import TOPICS, KafkaService
+from stack.services.kafka import TOPICS, KafkaService, new_cluster_id
 
 
 def _settings(tmp_path: Path) -> StackSettings:
@@ -61,3 +64,10 @@ def test_cassandra_argv_has_java17_module_options(tmp_path: Path) -> None:
     assert "--add-opens=java.base/java.nio=ALL-UNNAMED" in argv
     assert "-Dcassandra.skip_wait_for_gossip_to_settle=0" in argv
     assert argv[-1] == "org.apache.cassandra.service.CassandraDaemon"
+
+
+def test_a_cluster_id_never_starts_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 0xF8 encodes to '-' first: the storage tool would read "--cluster-id -..." as an option.
+    ids = iter([uuid.UUID(bytes=b"\xf8" + bytes(15)), uuid.UUID(bytes=b"\x01" + bytes(15))])
+    monkeypatch.setattr(uuid, "uuid4", lambda: next(ids))
+    assert new_cluster_id() == "AQAAAAAAAAAAAAAAAAAAAA"
