@@ -146,8 +146,8 @@ class MqttSource:
                 await asyncio.wait_for(asyncio.shield(conn.closed), timeout_s)
 
     def _on_publishes(self, publishes: list[Publish]) -> None:
-        for _topic, _payload, _mid, dup in publishes:
-            if dup or _topic[:1] == "$":
+        for topic, _payload, _mid, dup in publishes:
+            if dup or topic[:1] == "$":  # the rare cases, set apart only when there are any
                 publishes = self._set_apart(publishes)
                 break
         if self._paused or not publishes:
