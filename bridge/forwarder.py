@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import logging
 import time
-from bisect import bisect_left
 from collections.abc import Callable
 from typing import Protocol
 
 from bridge.kafka_sink import Headers
-from bridge.metrics import LATENCY_BUCKETS, BridgeMetrics
+from bridge.metrics import BridgeMetrics
 from bridge.mqtt5 import Publish
 from bridge.tenants import TenantLookup
 from bridge.tracker import AckTracker
@@ -109,17 +108,15 @@ class Forwarder:
         """Kafka has these records: count them, time them, acknowledge what is now in order."""
         counts = self._counts
         now = time.monotonic()
-        latency_counts = counts.latency_counts
-        latency_sum = 0.0
         produced = 0
-        last_started, bucket, seconds = -1.0, 0, 0.0
+        run_started, run_length = -1.0, 0  # consecutive tokens of one read: one observation
         numbers_of: dict[AckTracker, list[int]] = {}
         for owner, number, started, reason in tokens:
-            if started != last_started:  # a read's messages share their receipt time
-                last_started, seconds = started, now - started
-                bucket = bisect_left(LATENCY_BUCKETS, seconds)
-            latency_counts[bucket] += 1
-            latency_sum += seconds
+            if started != run_started:
+                if run_length:
+                    counts.observe_latency(now - run_started, run_length)
+                run_started, run_length = started, 0
+            run_length += 1
             if reason is None:
                 produced += 1
             else:
@@ -129,8 +126,9 @@ class Forwarder:
                 if numbers is None:
                     numbers = numbers_of[owner] = []
                 numbers.append(number)
+        if run_length:
+            counts.observe_latency(now - run_started, run_length)
         counts.produced += produced
-        counts.latency_sum += latency_sum
         for owner, numbers in numbers_of.items():
             owner.confirm(numbers)
             owner.release()

@@ -39,9 +39,10 @@ class MessageCounts:
         self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
         self.latency_sum = 0.0
 
-    def observe_latency(self, seconds: float) -> None:
-        self.latency_counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
-        self.latency_sum += seconds
+    def observe_latency(self, seconds: float, messages: int = 1) -> None:
+        """`messages` that each took `seconds` (a read's messages share their receipt time)."""
+        self.latency_counts[bisect_left(LATENCY_BUCKETS, seconds)] += messages
+        self.latency_sum += seconds * messages
 
 
 class _CountsCollector(Collector):

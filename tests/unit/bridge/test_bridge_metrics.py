@@ -15,8 +15,9 @@ def test_counts_are_exposed_as_counters_and_a_histogram() -> None:
     counts.produced += 2
     counts.acked += 3
     counts.dlq[Reason.NOT_JSON] += 1
-    for seconds in (0.0005, 0.004, 0.004, 99.0):
-        counts.observe_latency(seconds)
+    counts.observe_latency(0.0005)
+    counts.observe_latency(0.004, messages=2)  # two messages of one read
+    counts.observe_latency(99.0)
     text = generate_latest(metrics.registry).decode()
     assert "bridge_messages_received_total 3.0" in text
     assert "bridge_messages_produced_total 2.0" in text
