@@ -342,6 +342,19 @@ def _write_crl(pki_dir: Path) -> None:
     _write_public(ca_paths(pki_dir)[2], crl.public_bytes(serialization.Encoding.PEM))
 
 
+def crl_dates(pki_dir: Path) -> tuple[dt.datetime, dt.datetime | None]:
+    """(thisUpdate, nextUpdate) of the CA's CRL, in UTC."""
+    crl = x509.load_pem_x509_crl(ca_paths(pki_dir)[2].read_bytes())
+    return crl.last_update_utc, crl.next_update_utc
+
+
+def renew_crl(pki_dir: Path) -> None:
+    """Re-sign the CRL with the same revoked serials and a fresh validity (the supervisor's timer;
+    the broker re-reads it on reload)."""
+    with _locked(pki_dir):
+        _write_crl(pki_dir)
+
+
 def revoke_certificate(pki_dir: Path, cert_path: Path) -> str:
     """Add the certificate's serial to the CRL and re-sign it; the serial (hex). Idempotent.
 
