@@ -13,6 +13,7 @@ CASSANDRA_PORT = 9042
 KEYCLOAK_PORT = 8088
 FLINK_REST_PORT = 8081
 QUERY_API_PORT = 8083
+CONSOLE_PORT = 8085
 PROMETHEUS_PORT = 9090
 # Not in the contract: ports of our own metrics/health endpoints and internal listeners.
 BRIDGE_METRICS_PORT = 9101

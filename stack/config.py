@@ -30,6 +30,7 @@ class StackSettings(BaseSettings):
     flink_rest_port: int = endpoints.FLINK_REST_PORT
     flink_rpc_port: int = endpoints.FLINK_RPC_PORT
     query_api_port: int = endpoints.QUERY_API_PORT
+    console_port: int = endpoints.CONSOLE_PORT
 
     # Small explicit heaps: the whole idle stack must fit in 4 GiB on a 2-core machine.
     kafka_heap: str = "384m"
