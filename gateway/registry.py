@@ -259,6 +259,17 @@ class TenantCache:
                 self._misses.pop(device_id, None)
         return tenant
 
+    def cached(self, device_id: str) -> str | None:
+        """The tenant if known, without a lookup; None for a device not known yet (or not at all)."""
+        return self._tenants.get(device_id)
+
+    def needs_lookup(self, device_id: str) -> bool:
+        """Whether `get` would ask the registry (not known, no recent miss)."""
+        if device_id in self._tenants:
+            return False
+        missed_at = self._misses.get(device_id)
+        return missed_at is None or time.monotonic() - missed_at >= self._negative_ttl_s
+
     def preload(self, devices: Sequence[Device]) -> None:
         """Fill the cache at start-up (e.g. from DeviceRegistry.list()) to skip the first misses."""
         with self._lock:

@@ -18,7 +18,7 @@ KAFKA_AGG_1M = "iot.aggregates.1m"
 KAFKA_AGG_1H = "iot.aggregates.1h"
 KAFKA_AGG_ALL = "iot.aggregates.all"
 
-_TELEMETRY_TOPIC = re.compile(r"^devices/([^/]+)/telemetry$")
+_TELEMETRY_TOPIC = re.compile(r"devices/([^/]+)/telemetry")  # fullmatch: no "...telemetry\n"
 
 
 def telemetry_topic(device_id: str) -> str:
@@ -27,5 +27,5 @@ def telemetry_topic(device_id: str) -> str:
 
 def device_id_from_topic(topic: str) -> str | None:
     """The device id segment of a telemetry topic, unvalidated; None if the topic has another shape."""
-    match = _TELEMETRY_TOPIC.match(topic)
+    match = _TELEMETRY_TOPIC.fullmatch(topic)
     return match.group(1) if match else None
