@@ -17,10 +17,22 @@ from typing import Any, NamedTuple
 import orjson
 
 MAX_PAYLOAD_BYTES = 64 * 1024
+# Mosquitto's max_packet_size (mosquitto/mosquitto.conf.tmpl, a test checks they agree): the
+# largest MQTT packet a device may send, so the largest message the bridge may have to refuse.
+MQTT_MAX_PACKET_BYTES = 1024 * 1024
+# A refused message's DLQ record keeps at most this much of its payload (and its original size
+# in a header), so any packet Mosquitto accepts makes a dead letter far below Kafka's limit.
+DLQ_PAYLOAD_PREFIX_BYTES = 4 * 1024
+# Kafka's per-record limit on both bridge topics (the topics' max.message.bytes, the producer's
+# message.max.bytes): Kafka's own default, stated once so that the two sides cannot disagree.
+KAFKA_MAX_MESSAGE_BYTES = 1_048_588
+SEQ_MAX = 2**63 - 1  # the contract's seq is a non-negative int64
 MAX_METRICS = 64
 MAX_FUTURE_MS = 5 * 60 * 1000
 MAX_AGE_MS = 7 * 24 * 3600 * 1000
 
+# Anchored for the validators that search (FastAPI's); in Python always used with fullmatch:
+# `re.match("...$")` accepts a trailing newline ("dev1\n").
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 METRIC_NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 TENANT_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
@@ -49,7 +61,12 @@ class Reason(StrEnum):
     TOO_MANY_METRICS = "too_many_metrics"
     BAD_METRIC_NAME = "bad_metric_name"
     NON_FINITE_METRIC = "non_finite_metric"
+    METRIC_OUT_OF_RANGE = "metric_out_of_range"
     BAD_SEQ = "bad_seq"
+    SEQ_OUT_OF_RANGE = "seq_out_of_range"
+    # Not the device's fault: the bridge failed on the message, or Kafka refused its record.
+    INTERNAL_ERROR = "internal_error"
+    KAFKA_REJECTED = "kafka_rejected"
 
 
 class InvalidTelemetry(ValueError):
@@ -60,11 +77,15 @@ class InvalidTelemetry(ValueError):
 
 
 def is_valid_device_id(device_id: str) -> bool:
-    return bool(_DEVICE_ID.match(device_id))
+    return _DEVICE_ID.fullmatch(device_id) is not None
+
+
+def is_valid_metric_name(name: str) -> bool:
+    return _METRIC_NAME.fullmatch(name) is not None
 
 
 def is_valid_tenant(tenant: str) -> bool:
-    return bool(_TENANT.match(tenant))
+    return _TENANT.fullmatch(tenant) is not None
 
 
 class Reading(NamedTuple):
@@ -101,6 +122,9 @@ def telemetry_payload(
     return orjson.dumps(body)
 
 
+_RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})")
+
+
 def parse_ts(value: object) -> int:
     """Event time as epoch ms from an integer (ms) or an RFC 3339 string with an offset."""
     if isinstance(value, bool):
@@ -108,16 +132,16 @@ def parse_ts(value: object) -> int:
     if isinstance(value, int):
         return value
     if isinstance(value, float) and value.is_integer():
-        return int(value)
+        return int(value)  # finite here: orjson and the decoder refuse NaN and infinities
     if isinstance(value, str):
         text = value.strip()
-        if not re.match(r"^\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d(\.\d+)?([Zz]|[+-]\d\d:\d\d)$", text):
+        if not _RFC3339.fullmatch(text):
             raise InvalidTelemetry(Reason.BAD_TS, f"not RFC 3339 with offset: {text[:40]!r}")
         try:
             parsed = datetime.fromisoformat(text.replace("z", "Z").replace("t", "T"))
-        except ValueError as exc:
+            return int(parsed.timestamp() * 1000)
+        except (ValueError, OverflowError) as exc:  # year 0001 minus an offset overflows
             raise InvalidTelemetry(Reason.BAD_TS, str(exc)) from exc
-        return int(parsed.timestamp() * 1000)
     raise InvalidTelemetry(Reason.BAD_TS, f"ts must be epoch ms or RFC 3339, got {type(value).__name__}")
 
 
@@ -141,16 +165,21 @@ def _parse_metrics_slowly(value: dict[str, object]) -> dict[str, float]:
     metrics: dict[str, float] = {}
     for name, raw in value.items():
         if name not in _GOOD_METRIC_NAMES:
-            if not _METRIC_NAME.match(name):
+            if type(name) is not str or _METRIC_NAME.fullmatch(name) is None:
                 raise InvalidTelemetry(Reason.BAD_METRIC_NAME, f"metric name {name[:70]!r}")
             if len(_GOOD_METRIC_NAMES) >= _CHECKED_MAX:
                 _GOOD_METRIC_NAMES.clear()
             _GOOD_METRIC_NAMES.add(name)
         if isinstance(raw, bool) or not isinstance(raw, int | float):
             raise InvalidTelemetry(Reason.BAD_METRICS, f"metric {name!r} is not a number")
-        number = float(raw)
+        try:
+            number = float(raw)
+        except OverflowError:  # an integer of hundreds of digits: no double holds it
+            raise InvalidTelemetry(
+                Reason.METRIC_OUT_OF_RANGE, f"metric {name!r} is outside the double range"
+            ) from None
         if not math.isfinite(number):
-            raise InvalidTelemetry(Reason.NON_FINITE_METRIC, f"metric {name!r} is {raw!r}")
+            raise InvalidTelemetry(Reason.NON_FINITE_METRIC, f"metric {name!r} is {_short(raw)}")
         metrics[name] = number
     return metrics
 
@@ -196,7 +225,7 @@ def _device_of(topic: str) -> str:
     device_id = device_id_from_topic(topic)
     if device_id is None:
         raise InvalidTelemetry(Reason.BAD_TOPIC, f"topic {topic[:100]!r}")
-    if not _DEVICE_ID.match(device_id):
+    if _DEVICE_ID.fullmatch(device_id) is None:
         raise InvalidTelemetry(Reason.BAD_DEVICE_ID, f"device id {device_id[:70]!r}")
     if len(_DEVICE_OF_TOPIC) >= _CHECKED_MAX:
         _DEVICE_OF_TOPIC.clear()
@@ -217,20 +246,35 @@ def parse_telemetry(topic: str, payload: bytes, now_ms: int) -> Reading:
         raise InvalidTelemetry(Reason.NOT_OBJECT, f"payload is a JSON {type(body).__name__}")
     claimed = body.get("deviceId")
     if claimed is not None and claimed != device_id:
-        raise InvalidTelemetry(Reason.DEVICE_MISMATCH, f"deviceId {str(claimed)[:70]!r} != topic")
+        raise InvalidTelemetry(Reason.DEVICE_MISMATCH, f"deviceId {_short(claimed)} != topic")
     if "ts" not in body:
         raise InvalidTelemetry(Reason.MISSING_TS, "ts is required")
     ts = body["ts"]
     if type(ts) is not int:  # epoch ms is the common case; anything else is normalised
         ts = parse_ts(ts)
     if ts > now_ms + MAX_FUTURE_MS:
-        raise InvalidTelemetry(Reason.TS_IN_FUTURE, f"ts {ts} is {ts - now_ms} ms ahead")
+        raise InvalidTelemetry(Reason.TS_IN_FUTURE, f"ts {_short(ts)} is ahead by more than {MAX_FUTURE_MS} ms")
     if ts < now_ms - MAX_AGE_MS:
-        raise InvalidTelemetry(Reason.TS_TOO_OLD, f"ts {ts} is {now_ms - ts} ms old")
+        raise InvalidTelemetry(Reason.TS_TOO_OLD, f"ts {_short(ts)} is older than {MAX_AGE_MS} ms")
     if "metrics" not in body:
         raise InvalidTelemetry(Reason.MISSING_METRICS, "metrics is required")
     metrics = _parse_metrics(body["metrics"])
     seq = body.get("seq")
-    if seq is not None and (type(seq) is not int or seq < 0):
-        raise InvalidTelemetry(Reason.BAD_SEQ, f"seq {str(seq)[:30]!r} is not a non-negative integer")
+    if seq is not None and (type(seq) is not int or not 0 <= seq <= SEQ_MAX):
+        _refuse_seq(seq)
     return Reading(device_id, ts, metrics, seq)
+
+
+def _refuse_seq(seq: object) -> None:
+    # orjson reads an integer literal above 2^64 as a float: still an integer the device sent.
+    integral = type(seq) is int or (type(seq) is float and seq.is_integer())
+    if integral and seq >= 0:  # type: ignore[operator]
+        raise InvalidTelemetry(Reason.SEQ_OUT_OF_RANGE, f"seq {_short(seq)} is above 2^63 - 1")
+    raise InvalidTelemetry(Reason.BAD_SEQ, f"seq {_short(seq)} is not a non-negative integer")
+
+
+def _short(value: object) -> str:
+    """At most 40 characters of a value for a `detail`; str() of a huge int is itself costly."""
+    if type(value) is int and value.bit_length() > 128:
+        return f"an integer of {value.bit_length()} bits"
+    return repr(value)[:40]

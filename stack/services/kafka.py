@@ -18,8 +18,9 @@ from confluent_kafka.admin import AdminClient
 # confluent_kafka.admin re-exports NewTopic without __all__, which mypy --strict rejects.
 from confluent_kafka.cimpl import NewTopic
 
-from gateway import topics
+from gateway import contract, topics
 from stack import artifacts
+from stack.services import prometheus
 from stack.errors import StackError
 from stack.process import ProcessSpec
 from stack.service import NotReady, Service
@@ -28,10 +29,12 @@ log = logging.getLogger(__name__)
 
 NODE_ID = 1
 
+_BRIDGE_TOPIC_CONFIG = {"max.message.bytes": str(contract.KAFKA_MAX_MESSAGE_BYTES)}
 # (topic, partitions, topic configs) created by initialise(); names are defined in gateway.topics.
 TOPICS: list[tuple[str, int, dict[str, str]]] = [
-    (topics.KAFKA_READINGS, topics.KAFKA_READINGS_PARTITIONS, {}),
-    (topics.KAFKA_DLQ, topics.KAFKA_READINGS_PARTITIONS, {}),
+    # The bridge's record limit, stated (it is Kafka's default): its producer uses the same one.
+    (topics.KAFKA_READINGS, topics.KAFKA_READINGS_PARTITIONS, _BRIDGE_TOPIC_CONFIG),
+    (topics.KAFKA_DLQ, topics.KAFKA_READINGS_PARTITIONS, _BRIDGE_TOPIC_CONFIG),
     (topics.KAFKA_AGG_1M, topics.KAFKA_READINGS_PARTITIONS, {}),
     (topics.KAFKA_AGG_1H, topics.KAFKA_READINGS_PARTITIONS, {}),
     # Latest all-time rollup per key is all a reader needs: compaction keeps the topic small.
@@ -102,6 +105,7 @@ class KafkaService(Service):
 
     def install(self) -> None:
         artifacts.fetch(self.settings, self.name)
+        prometheus.install_jmx_agent(self.settings)
         self.settings.service_dir(self.name).mkdir(parents=True, exist_ok=True)
         self.config_file.write_text(self._server_properties())
         self.log4j_file.write_text(_LOG4J2.format(log_file=self.log_file))
@@ -201,7 +205,9 @@ class KafkaService(Service):
         return f"kafka.Kafka {self.config_file}"
 
     def processes(self) -> list[ProcessSpec]:
-        argv = [*self._java(), "kafka.Kafka", str(self.config_file)]
+        # The JMX exporter agent on the broker only (not on the storage tool's JVM).
+        agent = prometheus.jmx_agent_args(self.settings, self.name)
+        argv = [*self._java(), *agent, "kafka.Kafka", str(self.config_file)]
         return [self.spec(self.name, argv, stop_timeout_s=30.0)]
 
     def _admin(self) -> AdminClient:
