@@ -21,7 +21,7 @@ from query_api.hot_answers import HotAnswers
 from query_api.observability import ApiMetrics, MetricsMiddleware
 from query_api.repository import AggregateReader, AggregateRepository
 from query_api.result_cache import CachedReader
-from query_api.routes import health, metrics, query
+from query_api.routes import devices, docs, health, metrics, query
 from query_api.state import AppState
 
 log = logging.getLogger(__name__)
@@ -106,6 +106,7 @@ def create_app(
         summary="Aggregated telemetry per device, scoped by the caller's tenant.",
         version="1.0.0",
         lifespan=lifespan,
+        docs_url=None,  # routes/docs.py serves Swagger UI from local files
     )
     # Added first, so it runs inside the metrics middleware: hot answers are counted too.
     app.add_middleware(
@@ -117,6 +118,8 @@ def create_app(
     app.add_middleware(MetricsMiddleware, metrics=api_metrics)
     app.add_exception_handler(QueryApiError, _error_handler(api_metrics))
     app.include_router(query.router)
+    app.include_router(devices.router)
+    app.include_router(docs.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
     return app
