@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 ADMIN_ROLE = "iot-admin"
 ALGORITHMS = ["RS256"]
+# Keycloak's `typ` of access tokens; ID tokens say "ID", refresh tokens "Refresh".
+ACCESS_TOKEN_TYPE = "Bearer"
 _TOKEN_CACHE_MAX = 10_000
 
 JwksFetcher = Callable[[], Awaitable[dict[str, Any]]]
@@ -115,6 +117,7 @@ class TokenValidator:
         self._jwks = jwks
         self._issuer = settings.issuer
         self._audience = settings.keycloak_client_id
+        self._clients = settings.accepted_clients
         # token -> (principal, exp); a hit is only as good as the expiry checked on every use.
         self._valid: dict[str, tuple[Principal, float]] = {}
 
@@ -145,6 +148,7 @@ class TokenValidator:
                 raise DependencyDown(f"no signing keys from Keycloak: {self._jwks.last_error}")
             raise Unauthorized(AuthFailure.UNKNOWN_KEY, "token signed by a key this realm does not have")
         claims = self._decode(token, key)
+        self._check_issued_to_us(claims)
         principal = _principal(claims)
         if len(self._valid) >= _TOKEN_CACHE_MAX:
             self._valid.clear()
@@ -159,7 +163,7 @@ class TokenValidator:
                 algorithms=ALGORITHMS,
                 audience=self._audience,
                 issuer=self._issuer,
-                options={"require": ["exp", "iss", "aud", "sub"]},
+                options={"require": ["exp", "iss", "aud", "sub", "typ", "azp"]},
             )
         except jwt.ExpiredSignatureError as exc:
             raise Unauthorized(AuthFailure.EXPIRED, "token has expired") from exc
@@ -176,6 +180,22 @@ class TokenValidator:
         except jwt.PyJWTError as exc:
             raise Unauthorized(AuthFailure.MALFORMED, f"invalid token: {exc}") from exc
         return claims
+
+    def _check_issued_to_us(self, claims: dict[str, Any]) -> None:
+        """An access token (`typ` Bearer) that Keycloak issued to a client meant to call us.
+
+        The signature, issuer and audience do not tell an ID token of our client (its `aud` is
+        the client id too) or an access token of an arbitrary client carrying our audience
+        (one audience mapper away) from an access token for this API: `typ` and `azp` do."""
+        kind = claims["typ"]
+        if kind != ACCESS_TOKEN_TYPE:
+            raise Unauthorized(AuthFailure.WRONG_TOKEN_TYPE, f"not an access token (typ {str(kind)[:20]!r})")
+        client = claims["azp"]
+        # isinstance first: a list is no client, and unhashable.
+        if not isinstance(client, str) or client not in self._clients:
+            raise Unauthorized(
+                AuthFailure.WRONG_CLIENT, f"token issued to client {str(client)[:64]!r}, not accepted here"
+            )
 
 
 def _principal(claims: dict[str, Any]) -> Principal:

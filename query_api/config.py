@@ -17,6 +17,11 @@ class QueryApiSettings(BaseSettings):
     keycloak_url: str = endpoints.KEYCLOAK_URL
     keycloak_realm: str = endpoints.KEYCLOAK_REALM
     keycloak_client_id: str = endpoints.KEYCLOAK_CLIENT_ID
+    # Clients whose access tokens (`azp`) this API accepts, comma-separated, besides carrying
+    # keycloak_client_id in `aud`: its own and the web console's (both have that audience
+    # mapper). A token of any other client is refused, even one a careless mapper gave our
+    # audience.
+    keycloak_accepted_clients: str = f"{endpoints.KEYCLOAK_CLIENT_ID},iot-console"
     # Keycloak stamps `iss` with the host the token was requested from; set this when clients
     # reach Keycloak under another name than keycloak_url.
     keycloak_issuer: str | None = None
@@ -47,12 +52,19 @@ class QueryApiSettings(BaseSettings):
     # full page of 10,000 rows is about 1 MiB; polls of the last hour are about 20 KiB).
     result_cache_entries: int = 1_000
     result_cache_max_bytes: int = 256 * 1024
+    # ...and the bytes each of them may hold in all, whatever the number of entries: distinct
+    # ranges, limits and cursors are endless, memory is not.
+    result_cache_budget_bytes: int = 32 * 1024 * 1024
     # Access log lines cost as much as the query at 1,000s of requests/s; metrics count instead.
     access_log: bool = False
 
     @property
     def issuer(self) -> str:
         return self.keycloak_issuer or f"{self.keycloak_url.rstrip('/')}/realms/{self.keycloak_realm}"
+
+    @property
+    def accepted_clients(self) -> frozenset[str]:
+        return frozenset(c.strip() for c in self.keycloak_accepted_clients.split(",") if c.strip())
 
     @property
     def cassandra_contact_points(self) -> list[str]:

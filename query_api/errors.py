@@ -40,6 +40,10 @@ class AuthFailure(StrEnum):
     NOT_YET_VALID = "not_yet_valid"
     WRONG_ISSUER = "wrong_issuer"
     WRONG_AUDIENCE = "wrong_audience"
+    # An ID or refresh token: Keycloak signs them with the same keys as access tokens.
+    WRONG_TOKEN_TYPE = "wrong_token_type"
+    # An access token another client of the realm obtained (`azp`), whatever its audience.
+    WRONG_CLIENT = "wrong_client"
     MISSING_CLAIM = "missing_claim"
     NO_TENANT = "no_tenant"
 

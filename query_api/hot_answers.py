@@ -3,8 +3,10 @@
 Dashboards poll one URL per device many times a second. Routing, parameter validation and
 dependency resolution cost twice as much CPU as the rest of such a request, and their outcome for
 a URL seen moments ago is already known. This ASGI middleware keeps the body of each 200 answer
-to `GET /query/...` for `ttl_s`, keyed by the exact path and query string, and serves it again
-to a caller that passes the same checks the route makes:
+to `GET /query/...` for `ttl_s`, keyed by the path and the values of the query parameters the
+route declares (the last one of each, as the route reads them): other parameters change nothing
+in the answer and must not make new entries. It serves the body again to a caller that passes
+the same checks the route makes:
 
 - its bearer token is one the validator already accepted and has not expired
   (TokenValidator.known: no signature work, nothing that could accept a token the route refused);
@@ -13,7 +15,8 @@ to a caller that passes the same checks the route makes:
 Anything else (no token, an unknown or expired token, another tenant, a miss, an expired entry)
 goes down the full route, which is the only place that produces answers. An answer is at most
 `ttl_s` older than the route's, which is itself at most `2 * ttl_s` behind Cassandra
-(result_cache.py).
+(result_cache.py). At most `max_entries` bodies and `budget_bytes` in all are kept, the least
+recently kept going first; a body above `max_bytes` is not kept.
 """
 
 from __future__ import annotations
@@ -21,14 +24,19 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from query_api.errors import QueryApiError
+from query_api.observability import ApiMetrics
 from query_api.state import AppState
 
 _PREFIX = "/query/"
-_Key = tuple[str, bytes]
+_Key = tuple[str, tuple[tuple[str, str], ...]]
+# What an entry costs besides its body: headers, key, bookkeeping.
+_ENTRY_BYTES = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,16 +46,35 @@ class _Answer:
     body: bytes
     route: object
     expires: float
+    cost: int
 
 
 class HotAnswers:
-    def __init__(self, app: ASGIApp, ttl_s: float, max_entries: int, max_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        ttl_s: float,
+        max_entries: int,
+        max_bytes: int,
+        budget_bytes: int = 32 * 1024 * 1024,
+        metrics: ApiMetrics | None = None,
+    ) -> None:
         self.app = app
         self._ttl_s = ttl_s
         self._max_entries = max_entries
         self._max_bytes = max_bytes
+        self._budget_bytes = budget_bytes
         self._answers: OrderedDict[_Key, _Answer] = OrderedDict()
+        # name -> may repeat (a list parameter), of the query parameters of the /query routes.
+        self._parameters: dict[str, bool] | None = None
+        self.bytes = 0
         self.hits = 0
+        if metrics is not None:
+            metrics.watch_cache("answers", self)
+
+    @property
+    def entries(self) -> int:
+        return len(self._answers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self._ttl_s <= 0 or scope["type"] != "http" or scope["method"] != "GET":
@@ -57,7 +84,7 @@ class HotAnswers:
         if not path.startswith(_PREFIX):
             await self.app(scope, receive, send)
             return
-        key = (path, scope["query_string"])
+        key = (path, self._known_parameters(scope))
         answer = self._answers.get(key)
         if answer is not None and await self._may_serve(scope, answer):
             self.hits += 1
@@ -103,16 +130,52 @@ class HotAnswers:
         if len(body) > self._max_bytes:
             return
         device_id = key[0][len(_PREFIX) :].split("/", 1)[0]
-        self._answers[key] = _Answer(
-            device_id,
-            list(start.get("headers", [])),
-            body,
-            scope.get("route"),
-            time.monotonic() + self._ttl_s,
-        )
-        self._answers.move_to_end(key)
-        while len(self._answers) > self._max_entries:
-            self._answers.popitem(last=False)
+        headers = list(start.get("headers", []))
+        cost = len(body) + sum(len(n) + len(v) for n, v in headers) + _ENTRY_BYTES
+        answer = _Answer(device_id, headers, body, scope.get("route"), time.monotonic() + self._ttl_s, cost)
+        old = self._answers.pop(key, None)
+        if old is not None:
+            self.bytes -= old.cost
+        self._answers[key] = answer
+        self.bytes += cost
+        while len(self._answers) > self._max_entries or self.bytes > self._budget_bytes:
+            _, dropped = self._answers.popitem(last=False)
+            self.bytes -= dropped.cost
+
+    def _known_parameters(self, scope: Scope) -> tuple[tuple[str, str], ...]:
+        """The query parameters the routes read, as they read them: the last value of each, or
+        every value of a list parameter; sorted, so their order in the URL does not matter."""
+        if not scope["query_string"]:
+            return ()
+        if self._parameters is None:
+            self._parameters = _query_parameters(scope["app"].openapi())
+        known = self._parameters
+        last: dict[str, str] = {}
+        repeated: list[tuple[str, str]] = []
+        for name, value in parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True):
+            repeats = known.get(name)
+            if repeats:
+                repeated.append((name, value))
+            elif repeats is not None:
+                last[name] = value
+        return tuple(sorted(last.items())) + tuple(repeated)
+
+
+def _query_parameters(openapi: dict[str, Any]) -> dict[str, bool]:
+    """Query parameters of the /query routes in the OpenAPI document: name -> is a list."""
+    found: dict[str, bool] = {}
+    for path, operations in openapi.get("paths", {}).items():
+        if not path.startswith(_PREFIX):
+            continue
+        for operation in operations.values():
+            for parameter in operation.get("parameters", []):
+                if parameter.get("in") != "query":
+                    continue
+                schema = parameter.get("schema", {})
+                types = [schema, *schema.get("anyOf", [])]
+                is_list = any(t.get("type") == "array" for t in types)
+                found[parameter["name"]] = found.get(parameter["name"], False) or is_list
+    return found
 
 
 def _bearer_token(scope: Scope) -> str | None:

@@ -72,7 +72,9 @@ def create_app(
                 settings.result_cache_s,
                 settings.result_cache_entries,
                 settings.result_cache_max_bytes,
+                settings.result_cache_budget_bytes,
             )
+            api_metrics.watch_cache("reads", reader)
         app.state.iot = AppState(
             settings=settings,
             metrics=api_metrics,
@@ -114,6 +116,8 @@ def create_app(
         ttl_s=settings.result_cache_s,
         max_entries=settings.result_cache_entries,
         max_bytes=settings.result_cache_max_bytes,
+        budget_bytes=settings.result_cache_budget_bytes,
+        metrics=api_metrics,
     )
     app.add_middleware(MetricsMiddleware, metrics=api_metrics)
     app.add_exception_handler(QueryApiError, _error_handler(api_metrics))

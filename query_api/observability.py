@@ -7,8 +7,9 @@ request with its route template, never the raw path, so device ids do not explod
 from __future__ import annotations
 
 import time
+from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -32,12 +33,30 @@ class ApiMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+        # Set by the caches themselves (a callback per cache, read at each scrape).
+        self.cache_entries = Gauge(
+            "query_api_cache_entries", "Answers kept, by cache", ["cache"], registry=self.registry
+        )
+        self.cache_bytes = Gauge(
+            "query_api_cache_bytes", "Bytes held by each cache (estimated)", ["cache"], registry=self.registry
+        )
         self.auth_failures = Counter(
             "query_api_auth_failures",
             "Requests refused with 401, by reason",
             ["reason"],
             registry=self.registry,
         )
+
+    def watch_cache(self, name: str, cache: SizedCache) -> None:
+        self.cache_entries.labels(name).set_function(lambda: cache.entries)
+        self.cache_bytes.labels(name).set_function(lambda: cache.bytes)
+
+
+class SizedCache(Protocol):
+    @property
+    def entries(self) -> int: ...
+
+    bytes: int
 
 
 class MetricsMiddleware:

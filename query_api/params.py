@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
-from gateway.contract import METRIC_NAME_PATTERN, InvalidTelemetry, parse_ts
+from gateway.contract import DEVICE_ID_PATTERN, METRIC_NAME_PATTERN, InvalidTelemetry, parse_ts
 from query_api.errors import BadInput
 
 MINUTE_MS = 60_000
@@ -21,8 +21,17 @@ DAY_MS = 24 * HOUR_MS
 # Cassandra timestamps reach further, but 1970..9999 is what RFC 3339 and our buckets can name.
 MAX_TS_MS = 253_402_300_799_999
 MAX_LIMIT = 10_000
-_EPOCH_MS = re.compile(r"^[0-9]{1,15}$")
+# Every check is a fullmatch: `match` with a trailing `$` also accepts "dev1\n" (`$` matches
+# before a final newline), a second spelling of the same id, metric or cursor.
+_EPOCH_MS = re.compile(r"[0-9]{1,15}")
+_DEVICE_ID = re.compile(DEVICE_ID_PATTERN)
 _METRIC = re.compile(METRIC_NAME_PATTERN)
+# The shape of an RFC 3339 time, checked whole before parse_ts checks the calendar.
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
+# What Cursor.encode produces: unpadded URL-safe base64 (the decoder would skip other bytes).
+_CURSOR = re.compile(r"[A-Za-z0-9_-]{1,200}")
 
 
 class Window(StrEnum):
@@ -47,12 +56,13 @@ class TimeRange:
 
 def parse_time(name: str, value: str) -> int:
     """Epoch milliseconds from digits or an RFC 3339 string with an offset."""
-    text = value.strip()
-    if _EPOCH_MS.match(text):
-        millis = int(text)
+    if _EPOCH_MS.fullmatch(value):
+        millis = int(value)
     else:
         try:
-            millis = parse_ts(text)
+            if not _RFC3339.fullmatch(value):
+                raise ValueError(value)
+            millis = parse_ts(value)
         except (InvalidTelemetry, ValueError, OverflowError) as exc:
             raise BadInput(
                 f"{name}: expected RFC 3339 with offset or epoch milliseconds, got {value[:40]!r}"
@@ -85,9 +95,16 @@ def align(span: TimeRange, window: Window) -> TimeRange:
     return TimeRange(-(-span.start_ms // step) * step, -(-span.end_ms // step) * step)
 
 
-def check_metric(metric: str | None) -> None:
-    if metric is not None and not _METRIC.match(metric):
+def check_device_id(device_id: str) -> str:
+    if not _DEVICE_ID.fullmatch(device_id):
+        raise BadInput(f"deviceId: {device_id[:70]!r} does not match {DEVICE_ID_PATTERN}")
+    return device_id
+
+
+def check_metric(metric: str | None) -> str | None:
+    if metric is not None and not _METRIC.fullmatch(metric):
         raise BadInput(f"metric: {metric[:70]!r} does not match {METRIC_NAME_PATTERN}")
+    return metric
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,9 +121,11 @@ class Cursor:
     @classmethod
     def decode(cls, token: str) -> Cursor:
         try:
+            if not _CURSOR.fullmatch(token):
+                raise ValueError(token)
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
             start, metric = raw.split("|", 1)
-            if not _EPOCH_MS.match(start) or int(start) > MAX_TS_MS or not _METRIC.match(metric):
+            if not _EPOCH_MS.fullmatch(start) or int(start) > MAX_TS_MS or not _METRIC.fullmatch(metric):
                 raise ValueError(raw)
             return cls(int(start), metric)
         except (ValueError, binascii.Error) as exc:

@@ -12,8 +12,13 @@ read runs behind it: no caller of a busy key waits for the refresh, and no answe
 
 Keys are normalised to the window grid: windows start on whole minutes (hours), so `from`/`to`
 with any milliseconds select the same rows as their values rounded up to the grid, and "the last
-hour" requested at 10:00:00.123 and 10:00:59.456 is one key. Authorisation is not cached here:
-the route checks the caller's tenant before it asks for rows.
+hour" requested at 10:00:00.123 and 10:00:59.456 is one key. Keys are the parsed parameters
+the route passes on, so nothing else in a URL can make a new entry. Authorisation is not cached
+here: the route checks the caller's tenant before it asks for rows.
+
+Bounded twice: at most `max_entries` answers and `budget_bytes` in all (the JSON plus an estimate
+of the items as Python objects), the least recently kept going first; an answer above `max_bytes`
+is served to its waiters but not kept.
 """
 
 from __future__ import annotations
@@ -36,17 +41,31 @@ class CachedReader:
     """An AggregateReader answering repeated reads from memory for `ttl_s`; bounded LRU."""
 
     def __init__(
-        self, inner: AggregateReader, ttl_s: float, max_entries: int, max_bytes: int = 256 * 1024
+        self,
+        inner: AggregateReader,
+        ttl_s: float,
+        max_entries: int,
+        max_bytes: int = 256 * 1024,
+        budget_bytes: int = 32 * 1024 * 1024,
     ) -> None:
         self._inner = inner
         self._ttl_s = ttl_s
         self._max_entries = max_entries
         self._max_bytes = max_bytes
-        self._oversized: set[Hashable] = set()
-        self._answers: OrderedDict[Hashable, tuple[Page, float]] = OrderedDict()
+        self._budget_bytes = budget_bytes
+        # JSON size of each page read, not yet settled and small enough to keep (a Fragment does
+        # not tell its length).
+        self._sizes: dict[Hashable, int] = {}
+        # key -> (page, fetched at, bytes charged)
+        self._answers: OrderedDict[Hashable, tuple[Page, float, int]] = OrderedDict()
         self._loading: dict[Hashable, asyncio.Future[Page]] = {}
+        self.bytes = 0
         self.hits = 0
         self.misses = 0
+
+    @property
+    def entries(self) -> int:
+        return len(self._answers)
 
     def __getattr__(self, name: str) -> object:
         # Readiness and the like (`ready`, `not_ready_reason`) are the real repository's.
@@ -78,7 +97,7 @@ class CachedReader:
         cached = self._answers.get(key)
         now = time.monotonic()
         if cached is not None:
-            page, fetched = cached
+            page, fetched, _ = cached
             age = now - fetched
             if age < self._ttl_s:
                 self.hits += 1
@@ -110,19 +129,34 @@ class CachedReader:
         """The page with its items encoded once, rather than on every answer it serves."""
         page = await read
         data = orjson.dumps(page.items)
-        if len(data) > self._max_bytes:
-            self._oversized.add(key)
+        if len(data) <= self._max_bytes:
+            self._sizes[key] = len(data)
         return replace(page, encoded_items=orjson.Fragment(data))
 
     def _settle(self, key: Hashable, read: asyncio.Future[Page]) -> None:
         del self._loading[key]
+        size = self._sizes.pop(key, None)
         # Errors are not kept: the waiters see this one, the next request reads again.
         if read.cancelled() or read.exception() is not None:
             return
-        if key in self._oversized:
-            self._oversized.discard(key)
+        if size is None:
             return  # served to its waiters, not kept: large pages must not crowd out the polls
-        self._answers[key] = (read.result(), time.monotonic())
-        self._answers.move_to_end(key)
-        while len(self._answers) > self._max_entries:
-            self._answers.popitem(last=False)
+        page = read.result()
+        self._drop(key)
+        cost = size + _ITEM_BYTES * len(page.items) + _ENTRY_BYTES
+        self._answers[key] = (page, time.monotonic(), cost)
+        self.bytes += cost
+        while len(self._answers) > self._max_entries or self.bytes > self._budget_bytes:
+            _, (_, _, freed) = self._answers.popitem(last=False)
+            self.bytes -= freed
+
+    def _drop(self, key: Hashable) -> None:
+        old = self._answers.pop(key, None)
+        if old is not None:
+            self.bytes -= old[2]
+
+
+# What a kept page costs besides its JSON: its items as Python dicts (measured ~400 bytes per
+# item beyond the shared timestamp strings) and the entry itself.
+_ITEM_BYTES = 400
+_ENTRY_BYTES = 500

@@ -44,11 +44,14 @@ def token(
         "aud": ["query-service", "account"],
         "iat": now,
         "exp": now + 300,
+        "typ": "Bearer",
+        "azp": "query-service",
         "realm_access": {"roles": roles or []},
     }
     if tenant is not None:
         body["tenant"] = tenant
     body.update(claims)
+    body = {name: value for name, value in body.items() if value is not None}
     return jwt.encode(body, key, algorithm="RS256", headers={"kid": kid})
 
 
@@ -138,6 +141,14 @@ def test_own_device_answers_with_the_contract_shape(client: TestClient) -> None:
         (token(iss="http://keycloak.test/realms/master"), "wrong_issuer"),
         (token(aud="account"), "wrong_audience"),
         (token(tenant=None), "no_tenant"),
+        # An ID token of our own client: same key, issuer and audience, not an access token.
+        (token(typ="ID"), "wrong_token_type"),
+        (token(typ="Refresh"), "wrong_token_type"),
+        (token(typ=None), "missing_claim"),
+        # Another client's access token, even one given our audience by a mapper.
+        (token(azp="some-other-client"), "wrong_client"),
+        (token(azp=["query-service"]), "wrong_client"),
+        (token(azp=None), "missing_claim"),
     ],
 )
 def test_refused_tokens_get_401_with_a_challenge(client: TestClient, bearer: str | None, reason: str) -> None:
@@ -147,6 +158,10 @@ def test_refused_tokens_get_401_with_a_challenge(client: TestClient, bearer: str
     assert response.headers["WWW-Authenticate"].startswith('Bearer realm="iot"')
     metrics = client.get("/metrics").text
     assert f'query_api_auth_failures_total{{reason="{reason}"}} 1.0' in metrics
+
+
+def test_the_web_consoles_access_tokens_are_accepted(client: TestClient) -> None:
+    assert get(client, "/query/dev-a/1m", token(azp="iot-console")).status_code == 200
 
 
 def test_hs256_with_the_public_key_is_refused(client: TestClient) -> None:
@@ -323,3 +338,76 @@ def test_an_answer_larger_than_the_bound_is_not_kept(keys: Keys, repo: FakeRepos
         assert get(client, "/query/dev-a/1m", bearer).status_code == 200
         assert get(client, "/query/dev-a/1m", bearer).status_code == 200
         assert _hot_hits(client) == 0 and len(repo.calls) == 2
+
+
+# --- a trailing newline is not a second spelling of a valid value -----------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "params"),
+    [
+        ("/query/dev-a%0A/1m", {}),
+        ("/query/dev-a%0A/all", {}),
+        ("/query/dev-a/1m", {"metric": "temperature\n"}),
+        ("/query/dev-a/1m", {"cursor": Cursor(1, "temperature").encode() + "\n"}),
+        ("/query/dev-a/1m", {"cursor": Cursor(1, "temperature").encode() + "%"}),
+        ("/query/dev-a/1m", {"from": "1764000000000\n"}),
+        ("/query/dev-a/1m", {"to": "2026-11-24T10:00:00Z\n"}),
+    ],
+)
+def test_a_trailing_newline_is_a_400_json(
+    client: TestClient, repo: FakeRepository, path: str, params: dict[str, str]
+) -> None:
+    repo.tenants["dev-a\n"] = "tenant-a"  # a registry that would answer for it
+    response = get(client, path, token(), **params)
+    assert response.status_code == 400, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert "detail" in response.json()
+    assert repo.calls == []
+
+
+# --- bounded caches ----------------------------------------------------------------------------
+
+
+def _hot(client: TestClient) -> Any:
+    middleware = client.app.middleware_stack  # type: ignore[attr-defined]
+    while not hasattr(middleware, "hits"):
+        middleware = middleware.app
+    return middleware
+
+
+def _gauge(client: TestClient, name: str, cache: str) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(f'{name}{{cache="{cache}"}} '):
+            return float(line.split()[-1])
+    raise AssertionError(f"{name} of {cache} not in /metrics")
+
+
+def test_junk_parameters_make_no_new_entries(client: TestClient, repo: FakeRepository) -> None:
+    bearer = token()
+    assert get(client, "/query/dev-a/1m", bearer, limit="5").status_code == 200
+    for n in range(50):
+        response = get(client, "/query/dev-a/1m", bearer, limit="5", **{f"junk{n}": "x" * 100})
+        assert response.status_code == 200
+    # Order of the known ones does not matter either; the last value of a repeated one counts.
+    assert get(client, "/query/dev-a/1m?metric=m&limit=5", bearer).status_code == 200
+    assert get(client, "/query/dev-a/1m?limit=5&metric=m", bearer).status_code == 200
+    assert get(client, "/query/dev-a/1m?limit=7&metric=m&limit=5", bearer).status_code == 200
+    assert _hot(client).entries == 2
+    assert _hot(client).hits == 52
+    assert _gauge(client, "query_api_cache_entries", "answers") == 2
+    assert _gauge(client, "query_api_cache_entries", "reads") == 2
+    assert len(repo.calls) == 2
+
+
+def test_caches_hold_at_most_their_byte_budget(keys: Keys, repo: FakeRepository) -> None:
+    settings = SETTINGS.model_copy(update={"result_cache_budget_bytes": 4_000})
+    with TestClient(create_app(settings, repository=repo, jwks_fetcher=keys.fetch)) as client:
+        bearer = token()
+        for limit in range(1, 60):
+            assert get(client, "/query/dev-a/1m", bearer, limit=str(limit)).status_code == 200
+        for cache in ("answers", "reads"):
+            held = _gauge(client, "query_api_cache_bytes", cache)
+            assert 0 < held <= 4_000
+            assert 0 < _gauge(client, "query_api_cache_entries", cache) < 59
+        assert _hot(client).bytes == _gauge(client, "query_api_cache_bytes", "answers")

@@ -129,3 +129,25 @@ async def test_a_page_larger_than_the_bound_is_served_but_not_kept() -> None:
     first = await cached.totals("d", None, 10, None)
     again = await cached.totals("d", None, 10, None)
     assert first.items == [{"n": 1}] and again.items == [{"n": 2}]
+
+
+async def test_the_oldest_answers_go_first_when_over_the_byte_budget() -> None:
+    inner = CountingReader()
+    cached = CachedReader(inner, ttl_s=60, max_entries=1_000, budget_bytes=3_000)
+    for device in [f"d{n}" for n in range(20)]:
+        await cached.totals(device, None, 10, None)
+    assert 0 < cached.bytes <= 3_000
+    assert 0 < cached.entries < 20
+    kept = cached.entries
+    # The newest are the ones kept: read again without a new read.
+    calls = len(inner.calls)
+    await cached.totals("d19", None, 10, None)
+    assert len(inner.calls) == calls
+    # The same key read again replaces its entry, never counts it twice.
+    cached_again = CachedReader(inner, ttl_s=0.0001, max_entries=10)
+    await cached_again.totals("x", None, 10, None)
+    one = cached_again.bytes
+    await asyncio.sleep(0.001)
+    await cached_again.totals("x", None, 10, None)
+    assert cached_again.bytes == one and cached_again.entries == 1
+    assert kept == cached.entries
