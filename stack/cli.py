@@ -41,7 +41,7 @@ def configure_logging(verbose: bool = False) -> None:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    from stack import orchestrator
+    from stack import orchestrator, supervisor
     from stack.config import StackSettings
     from stack.summary import print_summary
 
@@ -49,6 +49,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
     only = set(args.only.split(",")) if args.only else None
     skip = set(args.skip.split(",")) if args.skip else None
     orchestrator.up(settings, only=only, skip=skip)
+    # Restarted here if it is absent: nothing else supervises the supervisor.
+    supervisor.ensure_running(settings)
     if only is None:
         print_summary(settings)
     return 0
@@ -70,19 +72,23 @@ def _cmd_status(args: argparse.Namespace) -> int:
     width = max(len(name) for name, _, _ in rows)
     for name, state, detail in rows:
         sys.stdout.write(f"{name:<{width}}  {state:<8}  {detail}\n")
-    return 0 if all(state == "running" for _, state, _ in rows) else 3
+    return 0 if all(state in ("running", "disabled") for _, state, _ in rows) else 3
 
 
 def _cmd_logs(args: argparse.Namespace) -> int:
+    from stack import supervisor
     from stack.config import StackSettings
     from stack.services import by_name
 
     settings = StackSettings()
-    try:
-        service = by_name(settings, args.service)
-    except KeyError as exc:
-        raise StackError(str(exc)) from exc
-    files = [str(spec.log_file) for spec in service.processes()]
+    if args.service == supervisor.NAME:
+        files = [str(supervisor.spec(settings).log_file)]
+    else:
+        try:
+            service = by_name(settings, args.service)
+        except KeyError as exc:
+            raise StackError(str(exc)) from exc
+        files = [str(spec.log_file) for spec in service.processes()]
     tail = ["tail", "-n", str(args.lines)] + (["-F"] if args.follow else []) + files
     return subprocess.call(tail)
 

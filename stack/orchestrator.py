@@ -6,12 +6,16 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from itertools import groupby
+from typing import TYPE_CHECKING
 
-from stack import process
+from stack import java, process
 from stack.config import StackSettings
 from stack.errors import StackError
 from stack.service import Service
 from stack.services import all_services
+
+if TYPE_CHECKING:
+    from stack.supervision import CrlRecord, SupervisorState
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +44,8 @@ def up(settings: StackSettings, only: set[str] | None = None, skip: set[str] | N
     ]
     for directory in (settings.stack_dir, settings.run_dir, settings.log_dir, settings.cache_dir):
         directory.mkdir(parents=True, exist_ok=True)
+    # Before the parallel installs: apt and pip run once, and every service sees the runtimes.
+    java.ensure(settings, [s.name for s in services])
     _parallel(services, "install")
     for stage, group in groupby(sorted(services, key=lambda s: s.stage), key=lambda s: s.stage):
         members = list(group)
@@ -53,7 +59,11 @@ def up(settings: StackSettings, only: set[str] | None = None, skip: set[str] | N
 
 
 def down(settings: StackSettings, purge: bool = False) -> None:
-    """Stop, in reverse order, only what we started (by pid); keep the data unless purge."""
+    """Stop the supervisor first (it must not restart what is being stopped), then, in reverse
+    order, only what we started (by pid); keep the data unless purge."""
+    from stack import supervisor
+
+    supervisor.stop(settings)
     for service in reversed(all_services(settings)):
         try:
             service.stop()
@@ -67,23 +77,79 @@ def down(settings: StackSettings, purge: bool = False) -> None:
 
 
 def status(settings: StackSettings) -> list[tuple[str, str, str]]:
-    """(service, state, details) for each service."""
+    """(service, state, details) for each service, then the supervisor's own row."""
+    from stack.supervision import SupervisorState
+
+    supervised = SupervisorState.load(settings.run_dir)
+    now = time.time()
     rows = []
     for service in all_services(settings):
-        specs = service.processes()
-        if not specs:  # runs inside another service (the Flink job)
-            running = service.running()
-            rows.append((service.name, "running" if running else "stopped", service.describe()))
-            continue
-        pids = [process.read_pid(spec) for spec in specs]
-        if all(pid is None for pid in pids):
-            rows.append((service.name, "stopped", ""))
-            continue
-        rss = sum(process.resident_memory_bytes(pid) for pid in pids if pid is not None)
-        state = "running" if all(pids) else "degraded"
-        try:
-            detail = service.describe()
-        except Exception as exc:
-            detail = f"({exc.__class__.__name__}: {exc})"
-        rows.append((service.name, state, f"rss {rss / 2**20:.0f} MiB {detail}".strip()))
+        name, state, detail = _status_row(service)
+        words = {supervised.processes[spec.name].state for spec in service.processes()
+                 if spec.name in supervised.processes}
+        if state != "running" and words & {"restarting", "gave up"}:
+            state = "restarting" if "restarting" in words else "failed"
+        parts = [detail, *_supervised(service, supervised, now)]
+        rows.append((name, state, "; ".join(p for p in parts if p)))
+    rows.append(_supervisor_row(settings, supervised, now))
     return rows
+
+
+def _supervised(service: Service, state: SupervisorState, now: float) -> list[str]:
+    """What the supervisor recorded for the service's processes: restarts, the last exit."""
+    from stack.supervision import describe_record
+
+    names = [spec.name for spec in service.processes()] or [service.name]
+    out = []
+    for name in names:
+        record = state.processes.get(name)
+        if record is not None and (text := describe_record(record, now)):
+            out.append(text if name == service.name else f"{name}: {text}")
+    return out
+
+
+def _supervisor_row(settings: StackSettings, state: SupervisorState, now: float) -> tuple[str, str, str]:
+    from stack import supervisor
+    from stack.supervision import SupervisorSettings, describe_crl
+
+    pid = process.read_pid(supervisor.spec(settings))
+    crl = describe_crl(_crl_record(settings, state), now)
+    if pid is None:
+        word = "stopped" if SupervisorSettings().enabled else "disabled"
+        return (supervisor.NAME, word, crl)
+    restarts = sum(r.restarts for r in state.processes.values())
+    rss = process.resident_memory_bytes(pid) / 2**20
+    return (supervisor.NAME, "running", f"rss {rss:.0f} MiB restarts made {restarts}; {crl}")
+
+
+def _status_row(service: Service) -> tuple[str, str, str]:
+    specs = service.processes()
+    if not specs:  # runs inside another service (the Flink job)
+        running = service.running()
+        return (service.name, "running" if running else "stopped", service.describe())
+    pids = [process.read_pid(spec) for spec in specs]
+    if all(pid is None for pid in pids):
+        return (service.name, "stopped", "")
+    rss = sum(process.resident_memory_bytes(pid) for pid in pids if pid is not None)
+    state = "running" if all(pids) else "degraded"
+    try:
+        detail = service.describe()
+    except Exception as exc:
+        detail = f"({exc.__class__.__name__}: {exc})"
+    return (service.name, state, f"rss {rss / 2**20:.0f} MiB {detail}".strip())
+
+
+def _crl_record(settings: StackSettings, state: SupervisorState) -> CrlRecord:
+    """The CRL's dates as they are on disk now (also while the supervisor is stopped)."""
+    from gateway import pki
+    from stack.supervision import CrlRecord
+
+    record = CrlRecord(renewed_at=state.crl.renewed_at)
+    try:
+        this_update, next_update = pki.crl_dates(settings.pki_dir)
+    except (OSError, ValueError) as exc:
+        record.error = f"unreadable ({exc.__class__.__name__})"
+        return record
+    record.this_update = this_update.timestamp()
+    record.next_update = next_update.timestamp() if next_update else None
+    return record

@@ -14,7 +14,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,8 +65,20 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def recorded_pid(spec: ProcessSpec) -> int | None:
+    """The pid the pid file names, running or not (no check, no side effect)."""
+    try:
+        return int(spec.pid_file.read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return None
+
+
 def read_pid(spec: ProcessSpec) -> int | None:
-    """The pid of our running process, or None (a stale pid file is removed)."""
+    """The pid of our running process, or None.
+
+    The pid file of a process that died stays in place until the next start or stop: it is the
+    record that the process exited without being stopped, which the supervisor acts on. A pid
+    file whose pid now runs another program (pids are reused) is removed."""
     try:
         pid, marker = spec.pid_file.read_text().split("\n", 1)
         pid_num = int(pid)
@@ -75,7 +87,7 @@ def read_pid(spec: ProcessSpec) -> int | None:
     marker = marker.strip()
     for _ in range(25):
         if not marker or not _alive(pid_num):
-            break
+            return None
         cmdline = _cmdline(pid_num)
         if cmdline:
             if marker in cmdline:
@@ -101,14 +113,35 @@ def is_running(spec: ProcessSpec) -> bool:
 
 def start(spec: ProcessSpec) -> int:
     """Start the process detached (own session, output to its log); no-op if already running."""
-    spec.run_dir.mkdir(parents=True, exist_ok=True)
     # Two `iot up` / test sessions racing must not both launch: the loser's process would die on
     # the port and take the pid file with it, orphaning the winner. Check-and-launch under a lock.
-    with open(spec.run_dir / f"{spec.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with spec_lock(spec):
         existing = read_pid(spec)
         if existing is not None:
             log.info("%s already running (pid %d)", spec.name, existing)
+            return existing
+        return _launch(spec)
+
+
+@contextlib.contextmanager
+def spec_lock(spec: ProcessSpec) -> Iterator[None]:
+    """The lock under which a process is launched, stopped or killed: the supervisor decides
+    whether an exit was unexpected under it, so it never restarts what is being stopped."""
+    spec.run_dir.mkdir(parents=True, exist_ok=True)
+    with open(spec.run_dir / f"{spec.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def relaunch(spec: ProcessSpec) -> int | None:
+    """Start the process again after it exited unexpectedly: its pid file still names a process
+    that is gone. None if it was stopped meanwhile (no pid file: leave it stopped); the running
+    pid if someone else started it already."""
+    with spec_lock(spec):
+        if recorded_pid(spec) is None:
+            return None
+        existing = read_pid(spec)
+        if existing is not None:
             return existing
         return _launch(spec)
 
@@ -136,6 +169,11 @@ def _launch(spec: ProcessSpec) -> int:
 
 def stop(spec: ProcessSpec) -> bool:
     """SIGTERM the process group, wait, then SIGKILL. True if something was stopped."""
+    with spec_lock(spec):
+        return _stop(spec)
+
+
+def _stop(spec: ProcessSpec) -> bool:
     pid = read_pid(spec)
     if pid is None:
         spec.pid_file.unlink(missing_ok=True)
@@ -156,9 +194,16 @@ def stop(spec: ProcessSpec) -> bool:
 
 
 def kill(spec: ProcessSpec) -> bool:
-    """SIGKILL at once (failure tests). True if something was killed."""
+    """SIGKILL at once (failure tests; not a crash: the supervisor leaves it stopped). True if
+    something was killed."""
+    with spec_lock(spec):
+        return _kill(spec)
+
+
+def _kill(spec: ProcessSpec) -> bool:
     pid = read_pid(spec)
     if pid is None:
+        spec.pid_file.unlink(missing_ok=True)
         return False
     _signal_group(pid, signal.SIGKILL)
     for _ in range(50):

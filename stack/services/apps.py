@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 
@@ -123,17 +124,35 @@ class FlinkJobService(Service):
     def processes(self) -> list[ProcessSpec]:
         return []  # the job runs inside Flink; nothing of ours stays in the background
 
-    def start(self) -> None:
+    @property
+    def log_file(self) -> Path:
+        return self.settings.log_dir / "flink-job.log"
+
+    def submit_command(self) -> tuple[list[str], dict[str, str]]:
+        """(argv, environment) of one submission: resumes the newest checkpoint of the job's
+        lineage and does nothing if the job already runs."""
         import os
 
-        log_file = self.settings.log_dir / "flink-job.log"
-        with open(log_file, "ab") as out:
+        return [sys.executable, "-m", "flink_jobs"], {**os.environ, **self._env()}
+
+    @property
+    def submit_lock_file(self) -> Path:
+        """Held during a submission: `iot up` and the supervisor never submit the job twice (the
+        job is not visible to Flink's REST API while a submission plans it)."""
+        return self.settings.run_dir / "flink-job.submit.lock"
+
+    def start(self) -> None:
+        import fcntl
+
+        argv, env = self.submit_command()
+        self.submit_lock_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.submit_lock_file, "w") as lock, open(self.log_file, "ab") as out:
+            fcntl.flock(lock, fcntl.LOCK_EX)
             result = subprocess.run(
-                [sys.executable, "-m", "flink_jobs"],
-                env={**os.environ, **self._env()},
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 timeout=300,
             )
+        log_file = self.log_file
         if result.returncode != 0:
             from stack.process import log_tail
 
