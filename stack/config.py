@@ -4,12 +4,20 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway import endpoints
+from stack import java
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _default_java21_home(data: dict[str, Any]) -> Path:
+    cache_dir: Path = data["cache_dir"]
+    return java.default_java21_home(cache_dir)
 
 
 class StackSettings(BaseSettings):
@@ -18,8 +26,9 @@ class StackSettings(BaseSettings):
     stack_dir: Path = REPO_ROOT / ".stack"
     # Downloaded artifacts are shared by every clone on the machine and survive `down --purge`.
     cache_dir: Path = Path.home() / ".cache" / "iot-pipeline"
-    java17_home: Path = Path("/usr/lib/jvm/java-17-openjdk-amd64")
-    java21_home: Path = Path("/usr/lib/jvm/temurin-25-jdk-amd64")
+    # Found on the machine by version (stack/java.py); `iot up` installs them when missing.
+    java17_home: Path = Field(default_factory=java.default_java17_home)
+    java21_home: Path = Field(default_factory=_default_java21_home)
 
     mqtt_port: int = endpoints.MQTT_TLS_PORT
     kafka_port: int = endpoints.KAFKA_PORT
@@ -42,9 +51,15 @@ class StackSettings(BaseSettings):
     flink_task_slots: int = 4
     # SimpleStrategy replication of the application keyspace; 1 on the single local node.
     cassandra_replication_factor: int = 1
+    # The Keycloak admin console's password; unset, one is generated on the first start and kept
+    # in .stack/keycloak/admin-password (stack/services/keycloak_admin.py).
+    keycloak_admin_password: SecretStr | None = None
+    # The realm users' passwords: everyone's, and per user (JSON: {"client1": "..."}).
+    keycloak_user_password: SecretStr = SecretStr("temp")
+    keycloak_user_passwords: dict[str, SecretStr] = Field(default_factory=dict)
 
     ready_timeout_s: float = 180.0
-    # `make up` also starts the default emulator (CONTRACT.md: 50 devices, 1 reading/s each).
+    # `make up` also starts the default emulator (docs/contract.md: 50 devices, 1 reading/s each).
     emulator_devices: int = 50
     emulator_rate: float = 1.0
     emulator_tenant: str = "tenant-a"
