@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -36,3 +37,13 @@ class FlinkJobSettings(BaseSettings):
     connector_jar: Path | None = None
     # Batches updates of the all-time rollup, so Kafka sees one upsert per key per interval.
     rollup_flush_ms: int = 1000
+
+    # A reading delivered again (same deviceId, ts, seq, metrics) within this many seconds of its
+    # first copy counts once. The bridge redelivers within seconds of a crash; an hour also
+    # covers a device's persistent session replaying after a long outage of the bridge.
+    dedup: bool = True
+    dedup_horizon_s: int = Field(default=3600, ge=60)
+    # 'rocksdb' keeps the horizon's state off the heap (about 3.6 million keys at 1,000
+    # readings/s for an hour, which the heap could not hold) and checkpoints it incrementally;
+    # 'hashmap' is Flink's heap backend.
+    state_backend: Literal["rocksdb", "hashmap"] = "rocksdb"

@@ -5,6 +5,7 @@ Nothing here runs per record in Python: the statements are planned and executed 
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -44,7 +45,20 @@ def job_configuration(settings: FlinkJobSettings, restore_from: Path | None) -> 
         # CURRENT_WATERMARK in the all-time branch and mark every replayed reading late. The
         # upsert sink's buffer compacts the rollup's updates per key instead.
         "table.exec.mini-batch.enabled": "false",
+        # No job-wide state TTL: the all-time rollup must never forget. Only the deduplication's
+        # state expires, set on that operator in the compiled plan (with_state_ttl).
+        "table.exec.state.ttl": "0 ms",
+        "state.backend.type": settings.state_backend,
     }
+    if settings.state_backend == "rocksdb":
+        config.update({
+            # Each checkpoint uploads only the files written since the last one, not the horizon.
+            "execution.checkpointing.incremental": "true",
+            # Within the slot's managed memory (bounded); most lookups are for readings never
+            # seen, which a Bloom filter answers without reading a block.
+            "state.backend.rocksdb.memory.managed": "true",
+            "state.backend.rocksdb.use-bloom-filter": "true",
+        })
     if settings.connector_jar is not None:
         config["pipeline.jars"] = settings.connector_jar.resolve().as_uri()
     if restore_from is not None:
@@ -54,20 +68,36 @@ def job_configuration(settings: FlinkJobSettings, restore_from: Path | None) -> 
 
 def statements(settings: FlinkJobSettings) -> list[str]:
     """Every statement of the job, in order: its identity for checkpoint compatibility."""
-    views = [f"VIEW {name} AS {query}" for name, query in sql.views()]
-    return [sql.source_ddl(settings), *sql.sink_ddls(settings), *views, *sql.INSERTS]
+    views = [f"VIEW {name} AS {query}" for name, query in sql.views(dedup=settings.dedup)]
+    ttl = [f"STATE TTL deduplicate {settings.dedup_horizon_s} s"] if settings.dedup else []
+    return [sql.source_ddl(settings), *sql.sink_ddls(settings), *views, *sql.INSERTS, *ttl]
 
 
-def register_views(t_env: TableEnvironment, source: str = "readings") -> None:
+def register_views(t_env: TableEnvironment, source: str = "readings", dedup: bool = True) -> None:
     """The shared views as Table objects, so that every statement reads the same sub-plan."""
-    for name, query in sql.views(source):
+    for name, query in sql.views(source, dedup):
         t_env.create_temporary_view(name, t_env.sql_query(query))
+
+
+def with_state_ttl(plan_json: str, node_type: str, ttl_s: int) -> str:
+    """The compiled plan with the state of every node of that type (e.g. 'deduplicate') expiring
+    after ttl_s; every other operator keeps the job's setting (no expiry)."""
+    plan = json.loads(plan_json)
+    found = 0
+    for node in plan["nodes"]:
+        if node["type"].startswith(f"stream-exec-{node_type}_"):
+            for state in node.get("state", []):
+                state["ttl"] = f"{ttl_s * 1000} ms"
+                found += 1
+    if not found:
+        raise RuntimeError(f"the compiled plan has no {node_type} state to expire")
+    return json.dumps(plan)
 
 
 def submit(settings: FlinkJobSettings, restore_from: Path | None = None) -> str:
     """Plan the statements and submit them as one job; returns the job id."""
     from pyflink.common import Configuration
-    from pyflink.table import EnvironmentSettings, TableEnvironment
+    from pyflink.table import EnvironmentSettings, PlanReference, TableEnvironment
 
     configuration = Configuration()
     for key, value in job_configuration(settings, restore_from).items():
@@ -78,11 +108,18 @@ def submit(settings: FlinkJobSettings, restore_from: Path | None = None) -> str:
     t_env = TableEnvironment.create(environment)
     for statement in [sql.source_ddl(settings), *sql.sink_ddls(settings)]:
         t_env.execute_sql(statement)  # DDL only: nothing runs until the statement set executes
-    register_views(t_env)
+    register_views(t_env, dedup=settings.dedup)
     statements = t_env.create_statement_set()
     for insert in sql.INSERTS:
         statements.add_insert_sql(insert)
-    result = statements.execute()
+    if settings.dedup:
+        # Through a compiled plan: the one place Flink takes a TTL per operator (FLIP-292).
+        plan = with_state_ttl(
+            statements.compile_plan().as_json_string(), "deduplicate", settings.dedup_horizon_s
+        )
+        result = t_env.load_plan(PlanReference.from_json_string(plan)).execute()
+    else:
+        result = statements.execute()
     client = result.get_job_client()
     if client is None:
         raise RuntimeError("Flink returned no job client")

@@ -12,6 +12,13 @@ reading once per branch. One Table is one sub-plan, which the statement set comp
 "Late" means: the reading's 1-minute window had already been finalised by the watermark when the
 reading arrived. Such readings are kept out of the 1m and 1h windows explicitly (so no window ever
 mixes them in) and are counted in the all-time rollup and its `late` column.
+
+Duplicates (the same reading delivered to Kafka again: same deviceId, ts, seq and metrics) are
+removed before anything else, so a copy counts in no window and not in all-time, late or not. The
+deduplication keeps the first copy by arrival (processing time), so its output is append-only and
+keeps the event-time attribute for the windows; its state's time-to-live, the redelivery horizon,
+is set on that one operator (job.compiled_plan), never on the all-time rollup, which must not
+forget. Records without a deviceId (the bridge's watermark heartbeats) only move the watermark.
 """
 
 from __future__ import annotations
@@ -22,14 +29,16 @@ from flink_jobs.config import FlinkJobSettings
 def source_ddl(settings: FlinkJobSettings, table: str = "readings") -> str:
     return f"""
 CREATE TABLE {table} (
-    -- Only what the aggregation reads: the JSON parser skips the other fields (tenant, seq)
-    -- without building values for them.
+    -- Only what the aggregation reads: the JSON parser skips the other fields (tenant, the
+    -- heartbeat marker) without building values for them.
     deviceId STRING,
     ts BIGINT,
+    seq BIGINT,
     metrics MAP<STRING, DOUBLE>,
     receivedAt BIGINT,
     event_time AS TO_TIMESTAMP_LTZ(ts, 3),
     received_time AS TO_TIMESTAMP_LTZ(COALESCE(receivedAt, ts), 3),
+    arrival AS PROCTIME(),
     -- Bounded by the bridge's clock too: a device whose clock runs minutes ahead (the contract
     -- accepts up to 5) must not push the watermark past everyone else's readings.
     WATERMARK FOR event_time AS LEAST(event_time, received_time)
@@ -40,7 +49,9 @@ CREATE TABLE {table} (
     'properties.bootstrap.servers' = '{settings.kafka_bootstrap}',
     'properties.group.id' = '{settings.consumer_group}',
     'properties.auto.offset.reset' = 'earliest',
-    'scan.startup.mode' = 'group-offsets',
+    -- Only a start without state reads this: it rebuilds the aggregates from the oldest retained
+    -- reading (a restore takes its offsets from the checkpoint, whatever this says).
+    'scan.startup.mode' = 'earliest-offset',
     'format' = 'json',
     'json.fail-on-missing-field' = 'false',
     'json.ignore-parse-errors' = 'true'
@@ -101,10 +112,24 @@ CREATE TABLE agg_all_sink (
     ]
 
 
-def views(source: str = "readings") -> list[tuple[str, str]]:
+def views(source: str = "readings", dedup: bool = True) -> list[tuple[str, str]]:
     """(name, query) of the views the three aggregations share, in dependency order; `source` is
     any table with the readings schema. job.register_views registers them as Table objects."""
-    classified = f"""
+    readings = f"""
+SELECT deviceId, ts, metrics, event_time FROM {source}
+WHERE deviceId IS NOT NULL AND ts IS NOT NULL"""
+    if dedup:
+        # Keep the first copy of each reading. A MAP cannot be hashed as a key; its text can, and
+        # the copies of one reading carry the same metrics in the same order (the bridge encodes
+        # the same payload again). What bounds this state is the operator's TTL.
+        readings = f"""
+SELECT deviceId, ts, metrics, event_time FROM (
+    SELECT deviceId, ts, metrics, event_time, ROW_NUMBER() OVER (
+        PARTITION BY deviceId, ts, seq, CAST(metrics AS STRING) ORDER BY arrival ASC) AS copy_no
+    FROM {source}
+    WHERE deviceId IS NOT NULL AND ts IS NOT NULL
+) WHERE copy_no = 1"""
+    classified = """
 SELECT
     r.deviceId,
     r.ts,
@@ -115,9 +140,9 @@ SELECT
         TO_TIMESTAMP_LTZ(r.ts - MOD(r.ts, 60000) + 59999, 3) <= CURRENT_WATERMARK(r.event_time),
         FALSE
     ) AS late
-FROM {source} AS r
+FROM distinct_readings AS r
 CROSS JOIN UNNEST(r.metrics) AS m (metric, val)
-WHERE r.deviceId IS NOT NULL AND r.ts IS NOT NULL AND m.val IS NOT NULL"""
+WHERE m.val IS NOT NULL"""
     on_time = """
 SELECT deviceId, metric, val, ts, event_time FROM classified WHERE NOT late"""
     windows_1m = """
@@ -128,7 +153,8 @@ SELECT
     COUNT(*) AS cnt, SUM(val) AS total, MIN(val) AS lo, MAX(val) AS hi
 FROM TABLE(TUMBLE(TABLE on_time, DESCRIPTOR(event_time), INTERVAL '1' MINUTE))
 GROUP BY deviceId, metric, window_start, window_end, window_time"""
-    return [("classified", classified), ("on_time", on_time), ("windows_1m", windows_1m)]
+    return [("distinct_readings", readings), ("classified", classified), ("on_time", on_time),
+            ("windows_1m", windows_1m)]
 
 
 INSERT_1M = """

@@ -12,7 +12,7 @@ import pytest
 
 from flink_jobs import sql
 from flink_jobs.config import FlinkJobSettings
-from flink_jobs.job import register_views
+from flink_jobs.job import job_configuration, register_views, statements, with_state_ttl
 from tests.oracle import OracleReading, close_enough, expected
 
 BASE = 1_764_000_000_000 - 1_764_000_000_000 % 3_600_000
@@ -31,14 +31,30 @@ def _readings() -> list[OracleReading]:
     return readings
 
 
+def _records() -> list[dict[str, Any]]:
+    """What reaches Kafka: every reading once, some again (right after the first copy, and 600
+    readings (~20 minutes of stream) later, when its window is long closed: a late copy), and
+    heartbeats in between. The oracle is over the distinct readings only."""
+    readings = _readings()
+    placed: list[tuple[int, int, dict[str, Any]]] = []
+    for i, r in enumerate(readings):
+        record = {"deviceId": r.device_id, "tenant": "t", "ts": r.ts, "metrics": r.metrics,
+                  "seq": r.ts // 1000, "receivedAt": r.ts}
+        placed.append((i, 0, record))
+        if i % 7 == 0:
+            placed.append((i, 1, record))
+        if i % 11 == 0 and i + 600 < len(readings):
+            placed.append((i + 600, 2, {**record, "receivedAt": readings[i + 600].ts}))
+        if i % 50 == 0:
+            placed.append((i, 3, {"ts": r.ts - 10_000, "receivedAt": r.ts - 10_000, "heartbeat": 1}))
+    return [record for _, _, record in sorted(placed, key=lambda p: (p[0], p[1]))]
+
+
 @pytest.fixture(scope="module")
 def t_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     pyflink_table = pytest.importorskip("pyflink.table")
     path: Path = tmp_path_factory.mktemp("flink") / "readings.json"
-    path.write_text("\n".join(
-        json.dumps({"deviceId": r.device_id, "tenant": "t", "ts": r.ts, "metrics": r.metrics})
-        for r in _readings()
-    ))
+    path.write_text("\n".join(json.dumps(record) for record in _records()))
     env = pyflink_table.TableEnvironment.create(pyflink_table.EnvironmentSettings.in_streaming_mode())
     env.get_config().set("table.local-time-zone", "UTC")
     env.get_config().set("parallelism.default", "1")
@@ -96,3 +112,43 @@ def test_statements_take_their_settings() -> None:
     source = sql.source_ddl(settings)
     assert "INTERVAL '7' SECOND" in source and "'t-in'" in source and "'k:1'" in source
     assert all("k:1" in ddl for ddl in sql.sink_ddls(settings))
+
+
+def test_copies_are_removed_before_anything_counts(t_env: Any) -> None:
+    """The readings above reached the source with copies (some late) and heartbeats; every
+    oracle comparison in this module is over the distinct readings. Without deduplication the
+    same source counts the copies."""
+    records = _records()
+    assert len([r for r in records if "deviceId" in r]) > len(_readings())
+    plain = t_env.sql_query(
+        "SELECT COUNT(*) FROM readings WHERE deviceId IS NOT NULL").execute().collect()
+    with plain as results:
+        assert [row[0] for row in results][-1] == len([r for r in records if "deviceId" in r])
+
+
+def test_only_the_deduplication_state_expires(t_env: Any) -> None:
+    t_env.execute_sql(
+        "CREATE TEMPORARY TABLE IF NOT EXISTS counts (deviceId STRING, metric STRING, n BIGINT)"
+        " WITH ('connector' = 'blackhole')")
+    statements = t_env.create_statement_set()
+    statements.add_insert_sql(
+        "INSERT INTO counts SELECT deviceId, metric, COUNT(*) FROM classified GROUP BY deviceId, metric")
+    plan = json.loads(with_state_ttl(statements.compile_plan().as_json_string(), "deduplicate", 7200))
+    ttls = {node["type"].split("_")[0]: [s["ttl"] for s in node["state"]]
+            for node in plan["nodes"] if node.get("state")}
+    assert ttls == {"stream-exec-deduplicate": ["7200000 ms"],
+                    "stream-exec-group-aggregate": ["0 ms"]}
+
+
+def test_a_plan_without_the_node_is_refused() -> None:
+    with pytest.raises(RuntimeError, match="no deduplicate state"):
+        with_state_ttl(json.dumps({"nodes": [{"type": "stream-exec-calc_1"}]}), "deduplicate", 60)
+
+
+def test_dedup_switch_and_horizon_shape_the_job() -> None:
+    on, off = FlinkJobSettings(), FlinkJobSettings(dedup=False)
+    assert "ROW_NUMBER()" in dict(sql.views(dedup=True))["distinct_readings"]
+    assert "ROW_NUMBER()" not in dict(sql.views(dedup=False))["distinct_readings"]
+    assert statements(on) != statements(off)
+    assert statements(on) != statements(FlinkJobSettings(dedup_horizon_s=7200))
+    assert job_configuration(on, None)["table.exec.state.ttl"] == "0 ms"
