@@ -1,7 +1,10 @@
 # The two commands a newcomer needs: `make up` and `make test`. Both install what is missing.
 SHELL := /bin/bash
-PYTHON ?= python3
-VENV := .venv
+# Python versions the project runs on (apache-flink 2.2.1 ships wheels for 3.11 and 3.12 only).
+SUPPORTED := 3.11 3.12
+# PYTHON=... picks the interpreter; otherwise the first of these that runs and is supported.
+CANDIDATES := $(or $(PYTHON),python3.12 python3.11 python3)
+VENV ?= .venv
 IOT := $(VENV)/bin/iot
 PYTEST := $(VENV)/bin/pytest
 STAMP := $(VENV)/.installed
@@ -10,9 +13,28 @@ STAMP := $(VENV)/.installed
 
 venv: $(STAMP)
 
+# Exit 0 when the interpreter running it is a supported version.
+SUPPORTED_CHECK := import sys; sys.exit("%d.%d" % sys.version_info[:2] not in "$(SUPPORTED)".split())
+
 # Reinstall when the dependency list changes; editable, so code changes need no reinstall.
+# A venv of an unsupported Python (built before, or by hand) is rebuilt.
 $(STAMP): pyproject.toml
-	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	@if test -x $(VENV)/bin/python && ! $(VENV)/bin/python -c '$(SUPPORTED_CHECK)' 2>/dev/null; then \
+	  echo "$(VENV) runs Python $$($(VENV)/bin/python -c 'import sys; print(sys.version.split()[0])' 2>/dev/null || echo '?'), which this project does not support ($(SUPPORTED)); rebuilding it"; \
+	  rm -rf $(VENV); \
+	fi
+	@if ! test -x $(VENV)/bin/python; then \
+	  for py in $(CANDIDATES); do \
+	    if $$py -c '$(SUPPORTED_CHECK)' 2>/dev/null; then found=$$py; break; fi; \
+	  done; \
+	  if test -z "$$found"; then \
+	    echo "No supported Python found (tried: $(CANDIDATES)). Supported: Python $(SUPPORTED);" \
+	      "install one (e.g. apt-get install python3.11-venv) or run make PYTHON=/path/to/python3.12 ..." >&2; \
+	    exit 1; \
+	  fi; \
+	  echo "creating $(VENV) with $$found ($$($$found -c 'import sys; print(sys.version.split()[0])'))"; \
+	  $$found -m venv $(VENV) || exit 1; \
+	fi
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
@@ -26,13 +48,16 @@ down: $(STAMP)
 status: $(STAMP)
 	$(IOT) status
 
+# Runs a command and prints how long it took, also when it fails.
+timed = SECONDS=0; $(2); rc=$$?; printf '%s: %dm%02ds (exit %d)\n' '$(1)' $$((SECONDS / 60)) $$((SECONDS % 60)) $$rc; exit $$rc
+
 # Unit tests first (fast, no services); then the tiers that start real services themselves.
 test: $(STAMP)
-	$(PYTEST) tests/unit -q
-	$(PYTEST) tests/integration tests/e2e -q
+	@$(call timed,unit tier,$(PYTEST) tests/unit -q)
+	@$(call timed,integration + e2e tiers,$(PYTEST) tests/integration tests/e2e -q)
 
 test-unit: $(STAMP)
-	$(PYTEST) tests/unit -q
+	@$(call timed,unit tier,$(PYTEST) tests/unit -q)
 
 test-integration: $(STAMP)
 	$(PYTEST) tests/integration -q
