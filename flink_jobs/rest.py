@@ -37,6 +37,36 @@ class FlinkRest:
         )
         return latest
 
+    def job(self, job_id: str) -> dict[str, Any]:
+        job: dict[str, Any] = self._get(f"/jobs/{job_id}")
+        return job
+
+    def checkpoint_details(self, job_id: str, checkpoint_id: int) -> dict[str, Any]:
+        details: dict[str, Any] = self._get(f"/jobs/{job_id}/checkpoints/details/{checkpoint_id}")
+        return details
+
+    def duplicates_removed(self, job_id: str) -> int | None:
+        """Copies the job's deduplication dropped since the job (re)started: what its operators
+        took in minus what they passed on. None if the job has no deduplication (or no figures
+        yet). Flink's counters start from zero when the job restarts."""
+        removed: int | None = None
+        for vertex in self._get(f"/jobs/{job_id}")["vertices"]:
+            names = [part.strip() for part in vertex["name"].split("->")]
+            operators = [n for n in names if n.startswith("Deduplicate[")]
+            if not operators:
+                continue
+            wanted = [f"{op}.{m}" for op in operators for m in ("numRecordsIn", "numRecordsOut")]
+            figures = self._get(
+                f"/jobs/{job_id}/vertices/{vertex['id']}/subtasks/metrics",
+                params={"get": ",".join(wanted), "agg": "sum"},
+            )
+            sums = {m["id"]: float(m["sum"]) for m in figures if "sum" in m}
+            for op in operators:
+                got_in, got_out = sums.get(f"{op}.numRecordsIn"), sums.get(f"{op}.numRecordsOut")
+                if got_in is not None and got_out is not None:
+                    removed = (removed or 0) + int(got_in - got_out)
+        return removed
+
     def vertex_counts(self, job_id: str, metrics: tuple[str, ...]) -> dict[str, dict[str, float]]:
         """{vertex name: {metric: sum over its subtasks}}; counts are at most
         `metrics.fetcher.update-interval` old. A vertex without figures yet has an empty dict."""
