@@ -1,4 +1,4 @@
-"""Default addresses of the local stack (CONTRACT.md "Ports"), defined once.
+"""Default addresses of the local stack (docs/contract.md "Ports"), defined once.
 
 Each service's settings class uses these as defaults; environment variables override them.
 """

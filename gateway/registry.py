@@ -1,7 +1,10 @@
-"""The device -> tenant registry: a Cassandra table, written when a device is provisioned.
+"""The device -> tenant registry: the `devices` table in Cassandra, written when a device is
+provisioned (`iot certs issue`, the emulator) and read through `TenantCache` to find a
+device's tenant.
 
-The table is created here idempotently until it moves into the versioned schema. Callers hand in a
-connected `Session` (see `connect`); errors of the driver become `RegistryError`s.
+`DeviceRegistry` creates its table (and a missing keyspace, single-node) idempotently when it is
+opened, so provisioning works before the first `iot migrate`. Callers hand in a connected
+`Session` (see `connect`); errors of the driver become `RegistryError`s.
 """
 
 from __future__ import annotations

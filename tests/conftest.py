@@ -1,4 +1,4 @@
-"""Shared test helpers. Keep additions small and generic: several teams edit this file."""
+"""Shared test helpers: services made ready for a test module, stopped after the session."""
 
 from __future__ import annotations
 
