@@ -1,4 +1,5 @@
-"""`iot certs ...` and `iot devices ...`: provisioning devices (certificate + registry entry)."""
+"""`iot certs ...`, `iot devices ...` and `iot groups ...`: provisioning devices (certificate +
+registry entry) and grouping them."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from contextlib import contextmanager
 
 from gateway import endpoints, pki
 from gateway.contract import TENANT_PATTERN, is_valid_tenant
+from gateway.groups import GroupRegistry, format_groups
 from gateway.registry import DeviceRegistry, RegistryError, connect, provision_device
 from stack.config import StackSettings
 
@@ -164,4 +166,79 @@ def devices_main(argv: Sequence[str]) -> int:
     listing.add_argument("--tenant")
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(func=_list)
+    return _run(parser, argv)
+
+
+@contextmanager
+def open_groups(settings: CertsSettings) -> Iterator[GroupRegistry]:
+    session = connect(settings.cassandra_hosts.split(","), settings.cassandra_port)
+    try:
+        devices = DeviceRegistry(session, settings.cassandra_keyspace)
+        yield GroupRegistry(session, devices, settings.cassandra_keyspace)
+    finally:
+        session.cluster.shutdown()
+
+
+def _check_tenant(tenant: str | None) -> None:
+    if tenant is not None and not is_valid_tenant(tenant):
+        raise CliError(f"invalid tenant {tenant!r}: must match {TENANT_PATTERN}")
+
+
+def _group_create(args: argparse.Namespace, settings: CertsSettings) -> int:
+    _check_tenant(args.tenant)
+    with open_groups(settings) as groups:
+        group = groups.create(args.tenant, args.name)
+    sys.stdout.write(f"created group {group.name} (tenant {group.tenant})\n")
+    return 0
+
+
+def _group_add(args: argparse.Namespace, settings: CertsSettings) -> int:
+    _check_tenant(args.tenant)
+    with open_groups(settings) as groups:
+        tenant = groups.add(args.name, args.device_ids, args.tenant)
+    sys.stdout.write(f"added {len(args.device_ids)} device(s) to {args.name} (tenant {tenant})\n")
+    return 0
+
+
+def _group_remove(args: argparse.Namespace, settings: CertsSettings) -> int:
+    _check_tenant(args.tenant)
+    with open_groups(settings) as groups:
+        tenant = groups.remove(args.name, args.device_ids, args.tenant)
+    sys.stdout.write(f"removed {len(args.device_ids)} device(s) from {args.name} (tenant {tenant})\n")
+    return 0
+
+
+def _group_list(args: argparse.Namespace, settings: CertsSettings) -> int:
+    _check_tenant(args.tenant)
+    with open_groups(settings) as groups:
+        found = groups.list(args.tenant)
+        if args.json:
+            rows = [{"group": g.name, "tenant": g.tenant, "devices": groups.members(g.tenant, g.name),
+                     "createdAt": g.created_at.isoformat()} for g in found]
+            sys.stdout.write(json.dumps(rows, indent=1) + "\n")
+            return 0
+    sys.stdout.write(format_groups(found))
+    return 0
+
+
+def groups_main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="iot groups", description="a tenant's named device groups")
+    sub = parser.add_subparsers(dest="action", required=True)
+    create = sub.add_parser("create", help="create an empty group in a tenant")
+    create.add_argument("name")
+    create.add_argument("--tenant", required=True)
+    create.set_defaults(func=_group_create)
+    for action, func, help_text in (
+        ("add", _group_add, "add devices (of the group's tenant) to a group"),
+        ("remove", _group_remove, "remove devices from a group"),
+    ):
+        command = sub.add_parser(action, help=help_text)
+        command.add_argument("name")
+        command.add_argument("device_ids", nargs="+", metavar="DEVICE_ID")
+        command.add_argument("--tenant", help="needed only when several tenants use the name")
+        command.set_defaults(func=func)
+    listing = sub.add_parser("list", help="groups, optionally of one tenant, with their size")
+    listing.add_argument("--tenant")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=_group_list)
     return _run(parser, argv)

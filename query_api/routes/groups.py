@@ -1,0 +1,185 @@
+"""GET /groups and GET /groups/{group}/{window}: a tenant's device groups and their aggregates.
+
+A group's windows are computed in the stream and stored in the aggregate tables under the
+group's aggregate key (gateway/groups.py), so reading them is the device read under another key.
+Tenant scoping is the devices' rule: another tenant's group answers 404, exactly as an unknown one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Annotated, Any, Protocol
+
+import orjson
+from cassandra.query import PreparedStatement
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from pydantic import BaseModel
+
+from gateway.contract import METRIC_NAME_PATTERN, TENANT_PATTERN
+from gateway.groups import GROUP_NAME_PATTERN, aggregate_key
+from query_api.db import CassandraStore
+from query_api.deps import PrincipalDep, RepositoryDep, StateDep
+from query_api.errors import BadInput, DependencyDown, NotFound
+from query_api.params import MAX_LIMIT, Cursor, Window, time_range
+from query_api.schemas import ErrorBody
+
+router = APIRouter(tags=["groups"])
+
+_LISTING_CACHE_S = 2.0
+_TIME_HELP = "RFC 3339 with offset (2026-11-24T10:00:00Z) or epoch milliseconds"
+
+
+class GroupItem(BaseModel):
+    group: str
+    tenant: str
+    devices: int
+
+
+class GroupsResponse(BaseModel):
+    items: list[GroupItem]
+
+
+class GroupDirectory(Protocol):
+    async def listing(self, tenant: str | None) -> list[dict[str, Any]]: ...
+
+    async def owners(self, name: str) -> list[str]: ...
+
+
+class CassandraGroups:
+    """The group tables through the API's session; a listing is kept for a couple of seconds."""
+
+    def __init__(self, store: CassandraStore) -> None:
+        self._store = store
+        self._statements: dict[str, PreparedStatement] = {}
+        self._lock = asyncio.Lock()
+        self._cache: dict[str | None, tuple[list[dict[str, Any]], float]] = {}
+
+    async def _prepared(self, name: str) -> PreparedStatement:
+        if not self._statements:
+            async with self._lock:
+                if not self._statements:
+                    self._statements = {
+                        "all": await self._store.prepare("SELECT tenant, name FROM device_groups"),
+                        "tenant": await self._store.prepare(
+                            "SELECT tenant, name FROM device_groups WHERE tenant = ?"
+                        ),
+                        "owners": await self._store.prepare(
+                            "SELECT tenant FROM device_groups WHERE name = ? ALLOW FILTERING"
+                        ),
+                        "size": await self._store.prepare(
+                            "SELECT count(*) FROM group_members WHERE tenant = ? AND name = ?"
+                        ),
+                    }
+        return self._statements[name]
+
+    async def listing(self, tenant: str | None) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        cached = self._cache.get(tenant)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        if tenant is None:
+            rows = await self._store.execute(await self._prepared("all"), ())
+        else:
+            rows = await self._store.execute(await self._prepared("tenant"), (tenant,))
+        size = await self._prepared("size")
+        counts = await asyncio.gather(*(self._store.execute(size, (t, n)) for t, n in rows))
+        items = sorted(
+            ({"group": name, "tenant": owner, "devices": int(count[0][0]) if count else 0}
+             for (owner, name), count in zip(rows, counts, strict=True)),
+            key=lambda item: (item["tenant"], item["group"]),
+        )
+        if len(self._cache) >= 1000:
+            self._cache.clear()
+        self._cache[tenant] = (items, now + _LISTING_CACHE_S)
+        return items
+
+    async def owners(self, name: str) -> list[str]:
+        rows = await self._store.execute(await self._prepared("owners"), (name,))
+        return sorted(row[0] for row in rows)
+
+
+async def get_groups(request: Request, state: StateDep) -> GroupDirectory:
+    directory: GroupDirectory | None = getattr(request.app.state, "group_directory", None)
+    if directory is None:
+        if state.store is None:
+            raise DependencyDown("the group tables are not configured")
+        directory = CassandraGroups(state.store)
+        request.app.state.group_directory = directory
+    return directory
+
+
+GroupsDep = Annotated[GroupDirectory, Depends(get_groups)]
+
+_ERRORS: dict[int | str, dict[str, object]] = {
+    400: {"model": ErrorBody, "description": "bad group name, time, range or cursor"},
+    401: {"model": ErrorBody, "description": "no token, or not a valid token of realm iot"},
+    404: {"model": ErrorBody, "description": "no such group, or another tenant's group"},
+    422: {"description": "malformed window, metric or limit"},
+    503: {"model": ErrorBody, "description": "Cassandra or Keycloak unavailable"},
+}
+
+
+@router.get("/groups", response_model=GroupsResponse, responses=_ERRORS, summary="The caller's groups")
+async def list_groups(principal: PrincipalDep, groups: GroupsDep) -> Response:
+    """The caller's tenant's groups (an iot-admin's: every tenant's) with their member counts."""
+    items = await groups.listing(None if principal.is_admin else principal.tenant)
+    return Response(orjson.dumps({"items": items}), media_type="application/json")
+
+
+async def owning_tenant(
+    principal: PrincipalDep, groups: GroupDirectory, name: str, tenant: str | None
+) -> str:
+    """The tenant whose group `name` the caller reads; NotFound exactly as for an unknown group."""
+    owners = [t for t in await groups.owners(name) if principal.may_read(t)]
+    if tenant is not None:
+        owners = [t for t in owners if t == tenant]
+    if not owners:
+        raise NotFound(f"group {name} not found")
+    if len(owners) > 1:
+        raise BadInput(f"group {name} exists in tenants {', '.join(owners)}: pass `tenant`")
+    return owners[0]
+
+
+@router.get(
+    "/groups/{group}/{window}",
+    responses=_ERRORS,
+    summary="Aggregates over the readings of a group's devices",
+)
+async def group_windows(
+    principal: PrincipalDep,
+    groups: GroupsDep,
+    repository: RepositoryDep,
+    group: Annotated[str, Path(pattern=f"^{GROUP_NAME_PATTERN}$")],
+    window: Window,
+    from_: Annotated[
+        str | None, Query(alias="from", max_length=64, description=f"{_TIME_HELP}; inclusive")
+    ] = None,
+    to: Annotated[str | None, Query(max_length=64, description=f"{_TIME_HELP}; exclusive")] = None,
+    metric: Annotated[str | None, Query(pattern=METRIC_NAME_PATTERN)] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = MAX_LIMIT,
+    cursor: Annotated[str | None, Query(max_length=200, description="`next` of the previous page")] = None,
+    tenant: Annotated[
+        str | None,
+        Query(
+            pattern=TENANT_PATTERN,
+            description="iot-admin only: whose group, when several tenants use the name",
+        ),
+    ] = None,
+) -> Response:
+    """Like /query/{deviceId}/{window}, over every reading of the group's devices."""
+    span = time_range(window, from_, to, int(time.time() * 1000)) if window is not Window.ALL else None
+    position = Cursor.decode(cursor) if cursor is not None else None
+    owner = await owning_tenant(principal, groups, group, tenant)
+    key = aggregate_key(owner, group)
+    if span is None:
+        page = await repository.totals(key, metric, limit, position)
+    else:
+        page = await repository.windows(key, window, span, metric, limit, position)
+    body = {
+        "group": group,
+        "window": window.value,
+        "items": page.items if page.encoded_items is None else page.encoded_items,
+        "next": page.next_cursor,
+    }
+    return Response(orjson.dumps(body), media_type="application/json")
