@@ -114,6 +114,8 @@ class FlinkJobService(Service):
             "IOT_FLINK_CONNECTOR_JAR": str(kafka_connector_jar(self.settings)),
             "IOT_FLINK_CHECKPOINT_DIR": str(self.settings.stack_dir / "flink" / "checkpoints"),
             "IOT_FLINK_REST_URL": f"http://localhost:{self.settings.flink_rest_port}",
+            # PyFlink's client starts a JVM of its own: the cluster's Java, not whatever is on PATH.
+            "JAVA_HOME": str(self.settings.java17_home),
         }
 
     def install(self) -> None:
