@@ -33,6 +33,16 @@ def record_job(checkpoint_dir: Path, job_name: str, job_id: str, plan: str) -> N
         handle.write(f"{job_id} {plan}\n")
 
 
+def recorded_plan(checkpoint_dir: Path, job_name: str, job_id: str) -> str | None:
+    """The fingerprint the job was submitted with, if this lineage submitted it."""
+    try:
+        lines = lineage_file(checkpoint_dir, job_name).read_text().splitlines()
+    except OSError:
+        return None
+    plans = [plan for jid, _, plan in (line.partition(" ") for line in lines) if jid == job_id]
+    return plans[-1] if plans else None
+
+
 def latest_checkpoint(checkpoint_dir: Path, job_name: str) -> Checkpoint | None:
     """The newest completed checkpoint of the job's lineage, or None."""
     try:

@@ -39,6 +39,7 @@ class OracleReading:
     ts: int
     metrics: dict[str, float]
     late: bool = False  # the test made it arrive after its 1-minute window was final
+    seq: int | None = None
 
 
 def expected(

@@ -5,6 +5,13 @@ readings sent after their windows were final) goes into a Kafka topic of this te
 of this test aggregates it into the real aggregate topics; the real writer puts the rows into
 Cassandra; the rows must equal what tests/oracle.py computes. Run twice: undisturbed, and with the
 task manager killed mid-stream (the job restores from its checkpoint).
+
+Some readings reach Kafka two or three times, as a bridge redelivers them: at once, next to the
+first copy, and again after their window closed (also across the task manager's restart), and so
+do some late readings. The oracle is over the distinct readings: a copy counts nowhere.
+
+A fleet that stops: with the bridge's heartbeats (bridge/heartbeat.py, run here) its last
+1-minute window is in Cassandra within the watermark delay + 15 s of the window's end.
 """
 
 from __future__ import annotations
@@ -65,11 +72,12 @@ def _data(run: str) -> tuple[list[OracleReading], list[OracleReading], list[Orac
         for step in range(0, MINUTES * 60, STEP_S):
             ts = base + step * 1000 + rng.randint(0, 999)
             metrics = {m: round(rng.uniform(-20, 40), 3) for m in METRICS[: 1 + d % 2]}
-            stream.append(OracleReading(f"oracle-{run}-{d}", ts, metrics))
+            stream.append(OracleReading(f"oracle-{run}-{d}", ts, metrics, seq=step))
     # Delivered out of order by up to 10 s, never more: none of these is late.
     stream.sort(key=lambda r: r.ts + rng.randint(0, 9_000))
     late = [
-        OracleReading(f"oracle-{run}-{d}", base + 30_000 + d, {"temperature": 99.0 + d}, late=True)
+        OracleReading(f"oracle-{run}-{d}", base + 30_000 + d, {"temperature": 99.0 + d}, late=True,
+                      seq=10_000 + d)
         for d in range(DEVICES)
     ]
     # Pushes the watermark past every window of the stream; its own windows stay open.
@@ -77,14 +85,27 @@ def _data(run: str) -> tuple[list[OracleReading], list[OracleReading], list[Orac
     return stream, late, closer
 
 
-def _produce(bootstrap: str, topic: str, readings: list[OracleReading]) -> None:
+def _produce(bootstrap: str, topic: str, readings: list[OracleReading]) -> int:
+    """Produce the readings; return how many records that was."""
     producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
     for r in readings:
-        value = {"deviceId": r.device_id, "tenant": "tenant-a", "ts": r.ts, "metrics": r.metrics,
-                 "receivedAt": int(time.time() * 1000)}
+        value: dict[str, Any] = {"deviceId": r.device_id, "tenant": "tenant-a", "ts": r.ts,
+                                 "metrics": r.metrics, "receivedAt": int(time.time() * 1000)}
+        if r.seq is not None:
+            value["seq"] = r.seq
         producer.produce(topic, key=r.device_id.encode(), value=json.dumps(value).encode())
         producer.poll(0)
     assert producer.flush(30) == 0
+    return len(readings)
+
+
+def _with_copies(readings: list[OracleReading], every: int) -> list[OracleReading]:
+    """Every `every`-th reading twice in a row, and every (3 * every)-th three times."""
+    out = []
+    for i, r in enumerate(readings):
+        out.append(r)
+        out.extend([r] * ((i % every == 0) + (i % (3 * every) == 0)))
+    return out
 
 
 def _rows(session: Session, table: str, device: str, bucket: object) -> list[Any]:
@@ -172,11 +193,11 @@ def _run_oracle(
     try:
         _wait(lambda: _job_running(rest, settings.job_name), 120, "the job to run")
         half = len(stream) // 2
-        _produce(bootstrap, topic, stream[:half])
+        sent = _produce(bootstrap, topic, _with_copies(stream[:half], 5))
         if kill_taskmanager:
             _restart_taskmanager(stack, rest, job_id)
             _wait(lambda: _job_running(rest, settings.job_name), 180, "the job to restore")
-        _produce(bootstrap, topic, stream[half:])
+        sent += _produce(bootstrap, topic, _with_copies(stream[half:], 5))
         # Late readings only count as late once the watermark passed their windows. After a
         # restore the watermark starts over (Flink does not checkpoint it), so wait until the
         # stream's last windows are written: the watermark is then past every early window.
@@ -184,9 +205,13 @@ def _run_oracle(
         settled = {k for k in minute if newest - 180_000 <= k[2] <= newest - 120_000}
         _wait(lambda: settled <= _windows(cql, "agg_1m", devices, {k[2] for k in settled}).keys(),
               180, "the stream's last windows in Cassandra")
-        _produce(bootstrap, topic, late)
+        # Late copies: readings of the first half again, their windows long closed (and, with the
+        # task manager killed, from before the restore), and the late readings twice.
+        sent += _produce(bootstrap, topic, [*stream[: half : 7], *_with_copies(late, 1)])
         time.sleep(3)
         _produce(bootstrap, topic, closer)
+        copies = sent - len(stream) - len(late)
+        assert copies > len(stream) // 4
 
         def complete() -> bool:
             rows = _all_time(cql, devices)
@@ -210,6 +235,12 @@ def _run_oracle(
             assert row.late == want.late, (key, row.late, want.late)
             assert int(row.first_ts.timestamp() * 1000) == want.first_ts
             assert int(row.last_ts.timestamp() * 1000) == want.last_ts
+        # The copies did reach the job, which says it removed them (Flink's counters restart with
+        # the job: after a restore they hold the copies seen since).
+        if kill_taskmanager:
+            _wait(lambda: (rest.duplicates_removed(job_id) or 0) > 0, 30, "copies removed")
+        else:
+            _wait(lambda: rest.duplicates_removed(job_id) == copies, 30, f"{copies} copies removed")
     finally:
         with contextlib.suppress(httpx.HTTPError):
             rest.cancel(job_id)
@@ -266,3 +297,79 @@ def _iso_ms(iso: str) -> int:
     from datetime import datetime
 
     return int(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+async def test_a_silent_fleet_closes_its_last_window(stack: StackSettings, cql: Session) -> None:
+    """Devices send in real time, then all stop. Only the bridge's heartbeats (run here as the
+    bridge runs them: each partition, every second, while nothing arrives) move the watermark;
+    the last minute's row must reach Cassandra within watermark delay + 15 s of its end."""
+    import asyncio
+
+    from bridge.heartbeat import Heartbeat, producer_config, topic_partitions
+    from stack.services.flink import kafka_connector_jar
+
+    run = uuid.uuid4().hex[:8]
+    bootstrap = f"{endpoints.HOST}:{stack.kafka_port}"
+    topic = f"test.silent.{run}"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)])[topic].result(30)
+    settings = FlinkJobSettings(
+        job_name=f"silent-{run}", source_topic=topic, consumer_group=f"silent-{run}",
+        kafka_bootstrap=bootstrap, rest_url=f"http://localhost:{stack.flink_rest_port}",
+        connector_jar=kafka_connector_jar(stack), checkpoint_interval_s=2,
+        checkpoint_dir=stack.stack_dir / "flink" / "checkpoints",
+    )
+    devices = [f"silent-{run}-{d}" for d in range(3)]
+    rest = FlinkRest(settings.rest_url)
+    job_id = submit(settings)
+    beats = Producer(producer_config(bootstrap, 1.0))
+    readings = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    produced = {"n": 0}
+    heartbeat = Heartbeat(beats, topic, await asyncio.to_thread(topic_partitions, beats, topic), 1.0,
+                          activity=lambda: produced["n"])
+    stop = asyncio.Event()
+    beating = asyncio.create_task(heartbeat.run(stop))
+    try:
+        await asyncio.to_thread(_wait, lambda: _job_running(rest, settings.job_name), 120,
+                                "the job to run")
+        # Send for a while, stopping 5-20 s into a minute: that minute is the last window.
+        sent: dict[tuple[str, int], int] = {}
+        started = time.time()
+        while True:
+            now = time.time()
+            if now - started >= 15 and 5 <= now % 60 <= 20:
+                break
+            for device in devices:
+                ts = int(now * 1000)
+                value = {"deviceId": device, "tenant": "tenant-a", "ts": ts, "seq": ts,
+                         "metrics": {"temperature": 20.0}, "receivedAt": ts}
+                readings.produce(topic, key=device.encode(), value=json.dumps(value).encode())
+                sent[(device, ts - ts % 60_000)] = sent.get((device, ts - ts % 60_000), 0) + 1
+            readings.poll(0)
+            produced["n"] += 1
+            await asyncio.sleep(1.0)
+        assert readings.flush(10) == 0
+        last_start = max(start for _, start in sent)
+        last_end_s = (last_start + 60_000) / 1000
+        deadline_s = last_end_s + settings.watermark_delay_s + 15
+        want = {device: n for (device, start), n in sent.items() if start == last_start}
+        while time.time() < deadline_s + 5:
+            rows = await asyncio.to_thread(_windows, cql, "agg_1m", devices, {last_start})
+            got = {device: row.count for (device, _, start), row in rows.items()
+                   if start == last_start}
+            if got == want:
+                break
+            await asyncio.sleep(0.5)
+        arrived_s = time.time()
+        assert got == want, f"the last window ({last_start}) is not in Cassandra: {got} != {want}"
+        assert arrived_s <= deadline_s, (
+            f"the last window arrived {arrived_s - last_end_s:.1f}s after its end, "
+            f"more than {settings.watermark_delay_s} + 15 s")
+        assert heartbeat.delivered > 0
+    finally:
+        stop.set()
+        await asyncio.wait_for(beating, 10)
+        with contextlib.suppress(httpx.HTTPError):
+            rest.cancel(job_id)
+        rest.close()
+        admin.delete_topics([topic])

@@ -31,3 +31,12 @@ def test_no_lineage_no_checkpoint(tmp_path: Path) -> None:
 def test_fingerprint_follows_the_statements() -> None:
     assert checkpoints.plan_fingerprint(["a", "b"]) == checkpoints.plan_fingerprint(["a", "b"])
     assert checkpoints.plan_fingerprint(["a", "b"]) != checkpoints.plan_fingerprint(["a", "c"])
+
+
+def test_the_plan_a_job_was_submitted_with(tmp_path: Path) -> None:
+    assert checkpoints.recorded_plan(tmp_path, "iot", "j1") is None
+    checkpoints.record_job(tmp_path, "iot", "j1", "p1")
+    checkpoints.record_job(tmp_path, "iot", "j2", "p2")
+    assert checkpoints.recorded_plan(tmp_path, "iot", "j1") == "p1"
+    assert checkpoints.recorded_plan(tmp_path, "iot", "j2") == "p2"
+    assert checkpoints.recorded_plan(tmp_path, "iot", "elsewhere") is None  # not ours: left alone
