@@ -89,7 +89,7 @@ def end_session(settings: StackSettings, client_id: str) -> None:
     """Connect once with a clean start and no expiry, so that the session stops collecting a
     share: a session left behind queues every later message of the bench, and Mosquitto's
     autosave of that queue stalls the broker for hundreds of ms every 10 s."""
-    identity = pki.service_identity(settings.pki_dir)
+    identity = pki.service_identity(settings.pki_dir, client_id)
     subprocess.run(
         [
             shutil.which("mosquitto_sub") or "mosquitto_sub",
@@ -103,9 +103,10 @@ def end_session(settings: StackSettings, client_id: str) -> None:
 
 def mosquitto_sub_drain(settings: StackSettings, plan: dict[str, list[bytes]]) -> dict[str, Any]:
     """The limit: the same backlog to `mosquitto_sub` (QoS 1, persistent session, window 2000)."""
-    identity = pki.service_identity(settings.pki_dir)
     total = sum(len(p) for p in plan.values())
-    client_id = f"bench-sub-{uuid.uuid4().hex[:6]}"
+    # Its own bridge identity: the broker makes the certificate's name the client id.
+    client_id = f"{pki.BRIDGE_PREFIX}bench-sub-{uuid.uuid4().hex[:6]}"
+    identity = pki.service_identity(settings.pki_dir, client_id)
     connection = [
         shutil.which("mosquitto_sub") or "mosquitto_sub",
         "-h",
@@ -342,7 +343,7 @@ def peer_drain(settings: StackSettings, plan: dict[str, list[bytes]], tmp: Path)
     create_topics(
         f"localhost:{settings.kafka_port}", topic, config={"message.timestamp.type": "LogAppendTime"}
     )
-    client_id = f"bench-peer-{run_id}"
+    client_id = f"{pki.BRIDGE_PREFIX}bench-peer-{run_id}"
     peer = PeerProcess(
         settings, route_config(settings, client_id, client_id, topic), tmp / f"peer-{run_id}.log"
     )

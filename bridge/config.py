@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from gateway import endpoints, pki, topics
+from gateway import contract, endpoints, pki, topics
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -20,10 +20,13 @@ class BridgeSettings(BaseSettings):
 
     mqtt_host: str = endpoints.HOST
     mqtt_port: int = endpoints.MQTT_TLS_PORT
-    # Stable: the broker keeps the persistent session (and its queue) under this id.
-    bridge_client_id: str = "bridge-1"
+    # This instance's identity: its certificate's CN, which the broker also makes its MQTT client
+    # id (the persistent session and its queue live under it). One per instance: svc-bridge-1,
+    # svc-bridge-2, ... (gateway.pki.bridge_identity issues them).
+    bridge_client_id: str = pki.BRIDGE_CN
+    # Instances of one product share this group; the broker lets only bridge identities join it.
     bridge_subscription: str = topics.MQTT_BRIDGE_SUBSCRIPTION
-    # Unset: derived from stack_dir (pki/ca.crt, pki/services/svc-bridge.{crt,key}).
+    # Unset: derived from stack_dir (pki/ca.crt, pki/services/<bridge_client_id>.{crt,key}).
     bridge_ca_file: Path | None = None
     bridge_cert_file: Path | None = None
     bridge_key_file: Path | None = None
@@ -71,11 +74,21 @@ class BridgeSettings(BaseSettings):
 
     @property
     def cert_file(self) -> Path:
-        return self.bridge_cert_file or self.pki_dir / "services" / f"{pki.BRIDGE_CN}.crt"
+        return self.bridge_cert_file or self.pki_dir / "services" / f"{self.bridge_client_id}.crt"
 
     @property
     def key_file(self) -> Path:
-        return self.bridge_key_file or self.pki_dir / "services" / f"{pki.BRIDGE_CN}.key"
+        return self.bridge_key_file or self.pki_dir / "services" / f"{self.bridge_client_id}.key"
+
+    @field_validator("bridge_client_id")
+    @classmethod
+    def _a_bridge_identity(cls, value: str) -> str:
+        if not pki.is_bridge_name(value) or not contract.is_valid_device_id(value):
+            raise ValueError(
+                f"{value!r}: the bridge's client id is its certificate's identity, "
+                f"{pki.BRIDGE_PREFIX}<name> (e.g. {pki.BRIDGE_CN})"
+            )
+        return value
 
     def producer_config(self) -> dict[str, str | int | float | bool]:
         """librdkafka settings: durable (acks=all, idempotent) and batched."""

@@ -4,9 +4,11 @@ certificates, and a CRL that Mosquitto enforces.
 Layout under `pki_dir` (created on first use):
 
     ca.crt ca.key ca.crl revoked.json      the CA, its CRL and the revoked serials behind it
+    revoked-names.txt                      identities whose current certificate is revoked; the
+                                           broker disconnects them when it reloads
     server.crt server.key                  Mosquitto (SAN localhost, 127.0.0.1)
     operator.crt operator.key              debugging subscriber, CN `operator`
-    services/NAME.crt services/NAME.key    e.g. the bridge, CN `svc-bridge`
+    services/NAME.crt services/NAME.key    e.g. bridge instance 1, CN `svc-bridge-1`
     devices/ID.crt devices/ID.key          one per device, CN = device id
 
 Keys are EC P-256, written 0600. Several processes (the runner, the emulator, tests) may call in
@@ -34,8 +36,13 @@ from gateway.contract import is_valid_device_id
 
 CA_NAME = "iot-pipeline CA"
 OPERATOR_CN = "operator"
-BRIDGE_CN = "svc-bridge"
 SERVICE_PREFIX = "svc-"
+# Every bridge instance has its own identity, BRIDGE_PREFIX + N; the broker lets only these join
+# the bridge's shared subscription. The MQTT client id is the identity (use_username_as_clientid).
+BRIDGE_PREFIX = f"{SERVICE_PREFIX}bridge-"
+BRIDGE_CN = f"{BRIDGE_PREFIX}1"
+# Connects and does nothing else: the runner's readiness check (no session of anyone else's).
+PROBE_CN = f"{SERVICE_PREFIX}probe"
 CERT_DAYS = 825
 CA_DAYS = 3650
 # OpenSSL refuses every client while the CRL is past its nextUpdate, so it is re-signed well ahead
@@ -268,10 +275,41 @@ def operator_identity(pki_dir: Path) -> Identity:
 
 
 def service_identity(pki_dir: Path, name: str = BRIDGE_CN) -> Identity:
-    """A backend service's client certificate, e.g. the bridge's `svc-bridge` (made if missing)."""
+    """A backend service's client certificate, e.g. bridge instance 1's `svc-bridge-1` (made if
+    missing)."""
     if not name.startswith(SERVICE_PREFIX) or not is_valid_device_id(name):
         raise PkiError(f"service name {name!r} must start with {SERVICE_PREFIX!r}")
     return _ensure_leaf(pki_dir, name, pki_dir / "services" / name)
+
+
+def bridge_cn(instance: int) -> str:
+    """The identity (certificate CN and MQTT client id) of bridge instance N (1, 2, ...)."""
+    if instance < 1:
+        raise PkiError(f"bridge instance {instance} must be 1 or more")
+    return f"{BRIDGE_PREFIX}{instance}"
+
+
+def bridge_identity(pki_dir: Path, instance: int = 1) -> Identity:
+    """Bridge instance N's certificate (made if missing)."""
+    return service_identity(pki_dir, bridge_cn(instance))
+
+
+def is_bridge_name(name: str) -> bool:
+    return name.startswith(BRIDGE_PREFIX) and len(name) > len(BRIDGE_PREFIX)
+
+
+def probe_identity(pki_dir: Path) -> Identity:
+    """A certificate the broker grants nothing: for readiness checks (made if missing)."""
+    return service_identity(pki_dir, PROBE_CN)
+
+
+def cert_path_for(pki_dir: Path, name: str) -> Path:
+    """Where the current certificate of an identity (device, service or operator) lives."""
+    if name == OPERATOR_CN:
+        return pki_dir / "operator.crt"
+    if name.startswith(SERVICE_PREFIX):
+        return pki_dir / "services" / f"{name}.crt"
+    return device_paths(pki_dir, name).cert
 
 
 def device_paths(pki_dir: Path, device_id: str) -> Identity:
@@ -296,6 +334,9 @@ def issue_device(pki_dir: Path, device_id: str, overwrite: bool = False) -> Iden
         if identity.cert.exists() and not overwrite:
             raise PkiError(f"device {device_id!r} already has a certificate at {identity.cert}")
         _issue(pki_dir, device_id, identity.cert, identity.key)
+        if overwrite:
+            # A re-issued device is no longer revoked: the broker must not disconnect it.
+            _write_revoked_names(pki_dir)
     return identity
 
 
@@ -313,6 +354,33 @@ def revoked_serials(pki_dir: Path) -> dict[str, dict[str, str]]:
         return {}
     data: dict[str, dict[str, str]] = json.loads(path.read_text())
     return data
+
+
+def revoked_names_path(pki_dir: Path) -> Path:
+    """One identity a line: those whose current certificate is revoked (the broker's kick list)."""
+    return pki_dir / "revoked-names.txt"
+
+
+def revoked_names(pki_dir: Path) -> list[str]:
+    """Identities whose current certificate is revoked or gone; a re-issued one is not listed."""
+    revoked = revoked_serials(pki_dir)
+    names: set[str] = set()
+    for info in revoked.values():
+        name = info.get("cn", "")
+        if not is_valid_device_id(name):
+            continue  # never hand the broker a line it could misread
+        try:
+            current = format(load_cert(cert_path_for(pki_dir, name)).serial_number, "x")
+        except PkiError:
+            current = None
+        if current is None or current in revoked:
+            names.add(name)
+    return sorted(names)
+
+
+def _write_revoked_names(pki_dir: Path) -> None:
+    text = "".join(f"{name}\n" for name in revoked_names(pki_dir))
+    _write_public(revoked_names_path(pki_dir), text.encode())
 
 
 def _crl_expires_soon(crl_path: Path) -> bool:
@@ -340,6 +408,7 @@ def _write_crl(pki_dir: Path) -> None:
         builder = builder.add_revoked_certificate(revoked)
     crl = builder.sign(ca_key, hashes.SHA256())
     _write_public(ca_paths(pki_dir)[2], crl.public_bytes(serialization.Encoding.PEM))
+    _write_revoked_names(pki_dir)
 
 
 def crl_dates(pki_dir: Path) -> tuple[dt.datetime, dt.datetime | None]:
@@ -359,7 +428,8 @@ def revoke_certificate(pki_dir: Path, cert_path: Path) -> str:
     """Add the certificate's serial to the CRL and re-sign it; the serial (hex). Idempotent.
 
     The broker reads the CRL at start and on SIGHUP: the caller reloads it
-    (stack.services.mosquitto.reload)."""
+    (stack.services.mosquitto.reload), which also disconnects the identity's open connection
+    (it is listed in revoked-names.txt unless it was re-issued since)."""
     cert = load_cert(cert_path)
     serial = format(cert.serial_number, "x")
     ensure_ca(pki_dir)

@@ -53,7 +53,7 @@ def peer_python(settings: StackSettings) -> Path:
 
 
 def route_config(settings: StackSettings, client_id: str, group: str, topic: str) -> dict[str, object]:
-    identity = pki.service_identity(settings.pki_dir)
+    identity = pki.service_identity(settings.pki_dir, client_id)
     return {
         "input": {
             "mqtt": {

@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import ssl
+import subprocess
 import threading
 import uuid
 from pathlib import Path
@@ -16,6 +17,7 @@ from string import Template
 from gateway import pki, topics
 from stack import process
 from stack.config import REPO_ROOT, StackSettings
+from stack.errors import StackError
 from stack.process import ProcessSpec
 from stack.service import NotReady, Service
 from stack.system import apt_install
@@ -23,6 +25,9 @@ from stack.system import apt_install
 log = logging.getLogger(__name__)
 
 TEMPLATES = REPO_ROOT / "mosquitto"
+# The broker's access rules (a Mosquitto 2.0 plugin, built here against Debian's headers).
+PLUGIN_SOURCE = TEMPLATES / "iot_edge.c"
+PLUGIN_HEADERS = ("/usr/include/mosquitto_broker.h", "/usr/include/mosquitto.h")
 # Mosquitto does not raise its own descriptor limit; 10,000 device connections need more than 1024.
 NOFILE = 65536
 
@@ -39,39 +44,36 @@ class MosquittoService(Service):
     def conf_file(self) -> Path:
         return self.home / "mosquitto.conf"
 
+    @property
+    def plugin_file(self) -> Path:
+        return self.home / "iot_edge.so"
+
     def install(self) -> None:
         if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
             log.info("installing mosquitto from Debian's packages")
             apt_install(["mosquitto", "mosquitto-clients"])
+        missing = [p for p in PLUGIN_HEADERS if not Path(p).exists()]
+        if missing or shutil.which("cc") is None:
+            log.info("installing the headers and compiler for the broker's plugin (%s)",
+                     ", ".join(missing) or "cc")
+            apt_install(["mosquitto-dev", "libmosquitto-dev", "gcc", "libc6-dev"])
+        build_plugin(self.plugin_file)
         self.render()
 
     def render(self) -> None:
-        """The PKI the broker needs (CA, server, bridge, operator) and its conf + ACL files."""
+        """The PKI the broker needs (CA, server, bridge, operator, probe) and its conf file."""
         pki_dir = self.settings.pki_dir
         pki.ensure_ca(pki_dir)
         server = pki.server_identity(pki_dir)
-        pki.service_identity(pki_dir, pki.BRIDGE_CN)
+        pki.bridge_identity(pki_dir)
         pki.operator_identity(pki_dir)
+        pki.probe_identity(pki_dir)
         (self.home / "data").mkdir(parents=True, exist_ok=True)
-        values = {
-            "user": getpass.getuser(),
-            "home": str(self.home),
-            "log_file": str(self.settings.log_dir / "mosquitto.log"),
-            "port": str(self.settings.mqtt_port),
-            "cafile": str(server.ca),
-            "certfile": str(server.cert),
-            "keyfile": str(server.key),
-            "crlfile": str(pki.ca_paths(pki_dir)[2]),
-            "bridge_user": pki.BRIDGE_CN,
-            "operator_user": pki.OPERATOR_CN,
-            "shared_group": topics.MQTT_SHARED_GROUP,
-            "telemetry_filter": topics.MQTT_TELEMETRY_FILTER,
-            "operator_filter": topics.MQTT_OPERATOR_FILTER,
-        }
-        rendered = (("mosquitto.conf.tmpl", self.conf_file), ("acl.tmpl", self.home / "acl"))
-        for template, target in rendered:
-            text = Template((TEMPLATES / template).read_text()).substitute(values)
-            target.write_text(text)
+        # The old access-list file of earlier versions grants every SUBSCRIBE; never leave it.
+        (self.home / "acl").unlink(missing_ok=True)
+        values = conf_values(self.settings, server, self.home, self.plugin_file)
+        text = Template((TEMPLATES / "mosquitto.conf.tmpl").read_text()).substitute(values)
+        self.conf_file.write_text(text)
 
     def processes(self) -> list[ProcessSpec]:
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -83,13 +85,55 @@ class MosquittoService(Service):
         return [self.spec("mosquitto", argv, stop_timeout_s=15.0)]
 
     def check_ready(self) -> None:
-        """A real TLS handshake and CONNACK with the operator's certificate."""
-        error = probe_connect(self.settings, pki.operator_identity(self.settings.pki_dir))
+        """A real TLS handshake and CONNACK, as an identity with no session worth keeping."""
+        error = probe_connect(self.settings, pki.probe_identity(self.settings.pki_dir))
         if error is not None:
             raise NotReady(f"MQTT CONNECT to localhost:{self.settings.mqtt_port}: {error}")
 
     def describe(self) -> str:
         return f"mqtts://localhost:{self.settings.mqtt_port}"
+
+
+def conf_values(
+    settings: StackSettings, server: pki.Identity, home: Path, plugin: Path
+) -> dict[str, str]:
+    """What mosquitto.conf.tmpl is rendered with (docker/mosquitto/ mirrors it for containers)."""
+    prefix, suffix = topics.MQTT_TELEMETRY_TEMPLATE.split("{device_id}")
+    return {
+        "user": getpass.getuser(),
+        "home": str(home),
+        "log_file": str(settings.log_dir / "mosquitto.log"),
+        "port": str(settings.mqtt_port),
+        "cafile": str(server.ca),
+        "certfile": str(server.cert),
+        "keyfile": str(server.key),
+        "crlfile": str(pki.ca_paths(settings.pki_dir)[2]),
+        "plugin": str(plugin),
+        "bridge_prefix": pki.BRIDGE_PREFIX,
+        "service_prefix": pki.SERVICE_PREFIX,
+        "operator_user": pki.OPERATOR_CN,
+        "probe_user": pki.PROBE_CN,
+        "telemetry_prefix": prefix,
+        "telemetry_suffix": suffix,
+        "revoked_file": str(pki.revoked_names_path(settings.pki_dir)),
+    }
+
+
+def build_plugin(target: Path, source: Path = PLUGIN_SOURCE) -> Path:
+    """Compile the broker's plugin when the .so is missing or older than its source."""
+    if target.exists() and target.stat().st_mtime >= source.stat().st_mtime:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    cmd = ["cc", "-shared", "-fPIC", "-O2", "-std=c99", "-Wall", "-Wextra", "-Werror",
+           "-o", str(tmp), str(source)]
+    result = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if result.returncode != 0:
+        raise StackError(f"could not build {source.name} ({' '.join(cmd)}): "
+                         f"{result.stderr.strip()[-1500:]}")
+    os.replace(tmp, target)
+    log.info("built the broker plugin %s", target)
+    return target
 
 
 def _nofile_limit() -> int:
@@ -135,7 +179,8 @@ def probe_connect(
 
 
 def reload(settings: StackSettings) -> bool:
-    """SIGHUP our broker so it re-reads the CRL (after a revocation); False if it is not running."""
+    """SIGHUP our broker: it re-reads the CRL and disconnects every identity listed in
+    pki.revoked_names_path (after a revocation or a CRL renewal); False if it is not running."""
     service = MosquittoService(settings)
     pid = process.read_pid(service.processes()[0])
     if pid is None:

@@ -237,8 +237,10 @@ class BridgeProcess:
         instance: int = 1,
     ) -> None:
         self.settings = settings
-        # Instances of one run share the group (and topics) and split the load, as bridge-1, -2...
-        self.client_id = f"bridge-test-{run_id}" + (f"-{instance}" if instance > 1 else "")
+        # Instances of one run share the group (and topics) and split the load. Each has its own
+        # identity, which the broker also makes its client id (a bridge identity: it may join).
+        self.client_id = f"{pki.BRIDGE_PREFIX}test-{run_id}-{instance}"
+        self.identity = pki.service_identity(settings.pki_dir, self.client_id)
         self.group = group or f"test-{run_id}"
         self.readings_topic = readings_topic or f"test.bridge.{run_id}.readings"
         self.dlq_topic = dlq_topic or f"test.bridge.{run_id}.dlq"
@@ -331,7 +333,7 @@ class BridgeProcess:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
 
-        identity = pki.service_identity(self.settings.pki_dir)
+        identity = self.identity
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5)
         client.tls_set(ca_certs=str(identity.ca), certfile=str(identity.cert), keyfile=str(identity.key))
         try:

@@ -205,7 +205,10 @@ def test_images_have_the_native_versions(services: dict[str, Any]) -> None:
     assert _tag(services["kafka-init"]["image"]) == _pom_version("kafka", "kafka.version")
     assert _tag(services["cassandra"]["image"]) == _pom_version("cassandra", "cassandra.version")
     assert _tag(services["keycloak"]["image"]) == _pom_version("keycloak", "keycloak.version")
-    assert services["mosquitto"]["image"].startswith("eclipse-mosquitto:2.")
+    mosquitto_from = re.search(r"^ARG MOSQUITTO_IMAGE=(\S+)",
+                               (DOCKER / "mosquitto" / "Dockerfile").read_text(), re.M)
+    assert mosquitto_from and mosquitto_from.group(1).startswith("eclipse-mosquitto:2.0.")
+    assert _tag(services["mosquitto"]["image"]) == _tag(mosquitto_from.group(1))
     # The cluster runs the minor version of the wheel that plans the job.
     wheel = importlib.metadata.version("apache-flink")
     minor = ".".join(wheel.split(".")[:2])
@@ -217,7 +220,7 @@ def test_built_images_use_the_project_dockerfiles(services: dict[str, Any]) -> N
     ours = {name: s for name, s in services.items() if "build" in s}
     assert set(ours) == {
         "pki-init", "jobmanager", "taskmanager", "flink-job", "writer", "bridge", "query-api",
-        "emulator",
+        "emulator", "mosquitto",
     }
     for name, service in ours.items():
         build = service["build"]
@@ -445,32 +448,35 @@ def _directives(text: str) -> list[tuple[str, str]]:
 
 
 def _render_native(template: str) -> str:
-    values = {
-        "user": "mosquitto", "home": "/mosquitto", "log_file": "/dev/stdout",
-        "port": str(endpoints.MQTT_TLS_PORT), "cafile": "/pki/ca.crt",
-        "certfile": "/pki/server.crt", "keyfile": "/pki/server.key", "crlfile": "/pki/ca.crl",
-        "bridge_user": pki.BRIDGE_CN, "operator_user": pki.OPERATOR_CN,
-        "shared_group": topics.MQTT_SHARED_GROUP, "telemetry_filter": topics.MQTT_TELEMETRY_FILTER,
-        "operator_filter": topics.MQTT_OPERATOR_FILTER,
-    }
+    from stack.services.mosquitto import conf_values
+
+    settings = StackSettings(stack_dir=Path("/stack"))
+    server = pki.Identity(Path("/pki/server.crt"), Path("/pki/server.key"), Path("/pki/ca.crt"))
+    values = conf_values(settings, server, Path("/mosquitto"),
+                         Path("/usr/lib/mosquitto/iot_edge.so"))
+    values.update({"user": "mosquitto", "log_file": "/dev/stdout", "crlfile": "/pki/ca.crl",
+                   "revoked_file": "/pki/revoked-names.txt"})
     return Template((REPO_ROOT / "mosquitto" / template).read_text()).substitute(values)
 
 
 def test_mosquitto_conf_is_the_native_template_for_the_container() -> None:
     ours = _directives((DOCKER / "mosquitto" / "mosquitto.conf").read_text())
     native = _directives(_render_native("mosquitto.conf.tmpl"))
-    container_only = {"user", "pid_file", "log_dest", "acl_file"}
+    container_only = {"user", "pid_file", "log_dest"}
     assert [d for d in ours if d[0] not in container_only] == [
         d for d in native if d[0] not in container_only
     ]
-    assert ("log_dest", "stdout") in ours and ("acl_file", "/mosquitto/config/acl") in ours
+    assert ("log_dest", "stdout") in ours
     assert ("listener", str(endpoints.MQTT_TLS_PORT)) in ours
     assert ("allow_anonymous", "false") in ours and ("require_certificate", "true") in ours
+    assert ("use_username_as_clientid", "true") in ours
+    assert not any(key == "acl_file" for key, _ in ours), "acl_file allows every SUBSCRIBE"
 
 
-def test_mosquitto_acl_is_the_native_template() -> None:
-    ours = _directives((DOCKER / "mosquitto" / "acl").read_text())
-    assert ours == _directives(_render_native("acl.tmpl"))
+def test_mosquitto_image_builds_the_native_plugin_source() -> None:
+    dockerfile = (DOCKER / "mosquitto" / "Dockerfile").read_text()
+    assert "COPY mosquitto/iot_edge.c" in dockerfile
+    assert "/usr/lib/mosquitto/iot_edge.so" in dockerfile
 
 
 # --- docker/healthcheck.py -----------------------------------------------------------------------

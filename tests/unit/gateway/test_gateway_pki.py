@@ -76,7 +76,8 @@ def test_invalid_device_ids_are_refused(tmp_path: Path, bad: str) -> None:
         pki.issue_device(tmp_path, bad)
 
 
-@pytest.mark.parametrize("reserved", ["operator", "svc-bridge", "svc-anything"])
+@pytest.mark.parametrize("reserved", ["operator", "svc-bridge", "svc-bridge-1", "svc-probe",
+                                      "svc-anything"])
 def test_reserved_names_are_not_device_ids(tmp_path: Path, reserved: str) -> None:
     with pytest.raises(pki.PkiError, match="reserved"):
         pki.issue_device(tmp_path, reserved)
@@ -87,8 +88,37 @@ def test_service_and_operator_identities(tmp_path: Path) -> None:
     assert _cn(pki.load_cert(bridge.cert)) == "svc-bridge"
     assert pki.service_identity(tmp_path, "svc-bridge") == bridge
     assert _cn(pki.load_cert(pki.operator_identity(tmp_path).cert)) == "operator"
+    assert _cn(pki.load_cert(pki.probe_identity(tmp_path).cert)) == pki.PROBE_CN
     with pytest.raises(pki.PkiError):
         pki.service_identity(tmp_path, "bridge")
+
+
+def test_each_bridge_instance_has_its_own_identity(tmp_path: Path) -> None:
+    one, two = pki.bridge_identity(tmp_path), pki.bridge_identity(tmp_path, 2)
+    assert _cn(pki.load_cert(one.cert)) == pki.BRIDGE_CN == "svc-bridge-1"
+    assert _cn(pki.load_cert(two.cert)) == "svc-bridge-2"
+    assert pki.is_bridge_name("svc-bridge-2") and pki.is_bridge_name("svc-bridge-test-x")
+    for name in ("svc-bridge", "svc-bridge-", "svc-probe", "operator", "dev-1"):
+        assert not pki.is_bridge_name(name), name
+    with pytest.raises(pki.PkiError):
+        pki.bridge_cn(0)
+
+
+def test_revoked_names_list_the_identities_to_disconnect(tmp_path: Path) -> None:
+    """What the broker disconnects on reload: revoked current certificates, not re-issued ones."""
+    gone = pki.issue_device(tmp_path, "gone")
+    again = pki.issue_device(tmp_path, "again")
+    pki.issue_device(tmp_path, "kept")
+    assert not pki.revoked_names_path(tmp_path).exists() or pki.revoked_names(tmp_path) == []
+    pki.revoke_certificate(tmp_path, gone.cert)
+    pki.revoke_certificate(tmp_path, again.cert)
+    assert pki.revoked_names_path(tmp_path).read_text() == "again\ngone\n"
+    pki.issue_device(tmp_path, "again", overwrite=True)  # a new certificate, not revoked
+    assert pki.revoked_names_path(tmp_path).read_text() == "gone\n"
+    pki.revoke_certificate(tmp_path, pki.bridge_identity(tmp_path, 3).cert)
+    assert pki.revoked_names(tmp_path) == ["gone", "svc-bridge-3"]
+    pki.renew_crl(tmp_path)  # a renewal keeps the list
+    assert pki.revoked_names_path(tmp_path).read_text() == "gone\nsvc-bridge-3\n"
 
 
 def test_revocation_lands_in_the_crl(tmp_path: Path) -> None:
