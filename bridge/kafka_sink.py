@@ -7,6 +7,10 @@ are served by a task on the bridge's own event loop, not by a polling thread: a 
 thread made both contend for the GIL on every message (py-spy: a fifth of the samples).
 A failed delivery is produced again after a pause, from the report's own copy of the record, so
 a record is either confirmed or still held (and then not acknowledged to MQTT): never dropped.
+Errors that no retry can cure (the record itself is refused: too large, invalid) go to
+`on_rejected` instead, which dead-letters or drops it, so one such record cannot hold back the
+in-order PUBACKs. When librdkafka's queue is full, records wait in order in an overflow queue
+that the serving task empties: nothing sleeps on the event loop.
 """
 
 from __future__ import annotations
@@ -32,6 +36,12 @@ _FAILURE_LOG_EVERY_S = 10.0
 # this long for its PUBACK. With nothing out, a slower beat still serves errors and retries.
 _SERVE_BUSY_S = 0.001
 _SERVE_IDLE_S = 0.05
+# Refusals of the record itself: producing it again fails the same way.
+PERMANENT_ERRORS = frozenset({
+    KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_RECORD, KafkaError.RECORD_LIST_TOO_LARGE,
+    KafkaError.INVALID_MSG, KafkaError.INVALID_MSG_SIZE, KafkaError._BAD_MSG,
+    KafkaError._INVALID_ARG,
+})
 
 Headers = list[tuple[str, str | bytes | None]] | dict[str, str | bytes | None]
 T = TypeVar("T")
@@ -48,6 +58,8 @@ class KafkaSink(Generic[T]):
             raise BridgeError(f"bad Kafka producer config: {exc}") from exc
         self._confirmed: list[T] = []
         self._retries: deque[tuple[float, str, bytes, bytes | None, Headers | None, T]] = deque()
+        # Records librdkafka had no room for yet, in order; produced before any newer one.
+        self._overflow: deque[tuple[str, bytes, bytes | None, Headers | None, T]] = deque()
         self._server: asyncio.Task[None] | None = None
         self._failures_logged_at = 0.0
         self._failures_unlogged = 0
@@ -56,6 +68,10 @@ class KafkaSink(Generic[T]):
         self.delivery_errors = 0
         self.on_confirmed: Callable[[list[T]], None] = lambda tokens: None
         self.on_delivery_error: Callable[[str], None] = lambda reason: None
+        # (topic, value, key, token, error): Kafka refused the record for good.
+        self.on_rejected: Callable[[str, bytes, bytes | None, T, str], None] = (
+            lambda topic, value, key, token, error: None
+        )
 
     def start(self) -> None:
         """Serve delivery reports on the running event loop until `stop_serving`."""
@@ -72,18 +88,34 @@ class KafkaSink(Generic[T]):
     def produce(
         self, topic: str, value: bytes, key: bytes | None, headers: Headers | None, token: T
     ) -> None:
-        while True:
-            try:
-                # partial, not a lambda: one Python frame less per delivery report.
-                self._producer.produce(
-                    topic, value, key, on_delivery=partial(self._delivered, token), headers=headers
-                )
-                return
-            except BufferError:
-                # librdkafka's own queue is full (far above the MQTT window): let deliveries drain.
-                time.sleep(0.01)
-            except KafkaException as exc:
-                self._fail(exc.args[0], topic, value, key, headers, token)
+        if self._overflow:  # keep the order: behind those already waiting
+            self._overflow.append((topic, value, key, headers, token))
+            return
+        self._produce(topic, value, key, headers, token)
+
+    def _produce(
+        self, topic: str, value: bytes, key: bytes | None, headers: Headers | None, token: T
+    ) -> bool:
+        """False when librdkafka's queue is full (the record is then in the overflow queue)."""
+        try:
+            # partial, not a lambda: one Python frame less per delivery report.
+            self._producer.produce(
+                topic, value, key, on_delivery=partial(self._delivered, token), headers=headers
+            )
+        except BufferError:
+            # librdkafka's own queue is full (far above the MQTT window): deliveries drain it.
+            self._overflow.append((topic, value, key, headers, token))
+            return False
+        except KafkaException as exc:
+            self._fail(exc.args[0], topic, value, key, headers, token)
+        return True
+
+    def _produce_overflow(self) -> None:
+        overflow = self._overflow
+        while overflow:
+            topic, value, key, headers, token = overflow.popleft()
+            if not self._produce(topic, value, key, headers, token):
+                overflow.rotate(1)  # put back in front: it was appended at the end
                 return
 
     def _delivered(self, token: T, err: KafkaError | None, msg: Message) -> None:
@@ -96,6 +128,11 @@ class KafkaSink(Generic[T]):
               headers: Headers | None, token: T) -> None:
         self.delivery_errors += 1
         self.on_delivery_error(err.name())
+        if err.code() in PERMANENT_ERRORS and not err.fatal():
+            log.error("Kafka refused a record for good on %s (key %r, %d bytes): %s",
+                      topic, key, len(value), err.str())
+            self.on_rejected(topic, value, key, token, f"{err.name()}: {err.str()}")
+            return
         if err.fatal():
             # The idempotent producer cannot continue; nothing unconfirmed was acknowledged, so
             # exiting and letting the broker redeliver is safe.
@@ -132,6 +169,7 @@ class KafkaSink(Generic[T]):
         """Serve the delivery reports that are ready, hand the confirmations over, retry."""
         self._producer.poll(timeout_s)
         self._hand_over()
+        self._produce_overflow()
         self._retry_due()
 
     def _hand_over(self) -> None:
@@ -149,7 +187,7 @@ class KafkaSink(Generic[T]):
     @property
     def queued(self) -> int:
         """Records handed to librdkafka and not yet confirmed, plus those waiting for a retry."""
-        return len(self._producer) + len(self._retries)
+        return len(self._producer) + len(self._retries) + len(self._overflow)
 
     def warm_up(self, topics: list[str], timeout_s: float = 5.0) -> None:
         """Fetch the topics' metadata before the first message needs it, so that the first
@@ -173,6 +211,7 @@ class KafkaSink(Generic[T]):
         while self.queued and time.monotonic() < deadline and self.fatal_error is None:
             self._producer.flush(min(0.2, max(0.0, deadline - time.monotonic())))
             self._hand_over()
+            self._produce_overflow()
             self._retry_due()
         self._hand_over()
         return self.queued

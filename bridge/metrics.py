@@ -34,6 +34,7 @@ class MessageCounts:
         self.produced = 0
         self.acked = 0
         self.redelivered = 0
+        self.dropped = 0  # neither readings nor dead letters: Kafka refused even the DLQ record
         self.dlq = dict.fromkeys(Reason, 0)
         # One slot per bucket upper bound, plus +Inf; not cumulative (that is done at scrape).
         self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
@@ -72,6 +73,11 @@ class _CountsCollector(Collector):
             "bridge_messages_redelivered", "Messages the broker marked DUP (sent again)",
             value=c.redelivered,
         )
+        yield CounterMetricFamily(
+            "bridge_messages_dropped",
+            "Messages acknowledged without a Kafka record (Kafka refused even the dead letter)",
+            value=c.dropped,
+        )
         cumulative, buckets = 0, []
         for upper, count in zip((*LATENCY_BUCKETS, float("inf")), list(c.latency_counts), strict=True):
             cumulative += count
@@ -109,3 +115,12 @@ class BridgeMetrics:
             "Mosquitto's $SYS/broker/publish/messages/dropped (must stay 0)", registry=r,
         )
         self.broker_dropped.set(float("nan"))  # unknown until $SYS publishes it
+        self.mqtt_disconnects = Counter(
+            "bridge_mqtt_disconnects", "Connections to Mosquitto that ended, by cause", ["cause"],
+            registry=r,
+        )
+        self.mqtt_sessions_lost = Counter(
+            "bridge_mqtt_sessions_lost",
+            "Reconnects on which Mosquitto no longer had the bridge's session (its queue is gone)",
+            registry=r,
+        )

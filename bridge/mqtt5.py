@@ -1,10 +1,15 @@
-"""A minimal MQTT 5 subscriber on asyncio, for the bridge's hot path.
+"""The bridge's MQTT 5 connection on asyncio, over the shared codec (gateway/mqtt_codec.py).
 
-Only what the bridge needs: CONNECT (clean start off, session expiry, Receive Maximum),
-SUBSCRIBE, incoming PUBLISH, outgoing PUBACK, PINGREQ, DISCONNECT. It parses whole buffers at a
-time instead of paho's per-field socket reads and per-message Properties objects, which were
-half of the bridge's CPU per message (py-spy), and hands the PUBLISHes of each read over as one
-list. PUBACKs are handed in, in runs, from any thread and written in the order given.
+Only what the bridge needs: CONNECT (clean start off, session expiry, Receive Maximum, Maximum
+Packet Size), SUBSCRIBE, incoming PUBLISH at QoS 0, 1 and 2, their acknowledgements, PINGREQ and
+DISCONNECT. Whole reads are parsed at a time, and the PUBLISHes of each read handed over as one
+list. Acknowledgements are handed in, in runs, from any thread and written in the order given:
+PUBACK for QoS 1, PUBREC for QoS 2 (PUBCOMP follows the broker's PUBREL).
+
+Nothing the broker sends raises out of `data_received`: malformed bytes are answered with
+DISCONNECT 0x81 (0x95 for a packet above our Maximum Packet Size), a broken protocol (a second
+CONNACK, a packet a server may not send) with 0x82, then the connection closes and
+`close_cause` says why. A DISCONNECT from the broker is kept in `disconnect_reason`.
 """
 
 from __future__ import annotations
@@ -13,78 +18,36 @@ import asyncio
 import contextlib
 import logging
 import ssl
-import struct
 import threading
+import time
 from collections.abc import Callable
 
-from gateway import mqtt_wire
+from gateway import mqtt_codec as codec
+from gateway.mqtt_codec import Connack, Publish
 
 log = logging.getLogger(__name__)
 
-CONNECT, CONNACK, PUBLISH, PUBACK = 0x10, 0x20, 0x30, 0x40
-SUBSCRIBE, SUBACK, PINGREQ, PINGRESP, DISCONNECT = 0x82, 0x90, 0xC0, 0xD0, 0xE0
+OnPublishes = Callable[[list[Publish]], None]
+# What a server may send a client; anything else is a protocol error.
+_FROM_SERVER = {codec.CONNACK, codec.PUBLISH, codec.PUBREL, codec.SUBACK, codec.UNSUBACK,
+                codec.PINGRESP, codec.DISCONNECT}
 
 
 class MqttProtocolError(Exception):
     """The broker refused us or broke the protocol; the connection is closed."""
 
 
-def _utf8(text: str) -> bytes:
-    return mqtt_wire.string(text.encode())
-
-
-def _packet(kind: int, body: bytes) -> bytes:
-    return bytes([kind]) + mqtt_wire.remaining_length(len(body)) + body
-
-
-def connect_packet(client_id: str, keepalive_s: int, session_expiry_s: int,
-                   receive_maximum: int, clean_start: bool = False) -> bytes:
-    props = b"\x11" + struct.pack("!I", session_expiry_s) + b"\x21" + struct.pack(
-        "!H", receive_maximum)
-    flags = 0x02 if clean_start else 0x00
-    body = (_utf8("MQTT") + bytes([5, flags]) + struct.pack("!H", keepalive_s)
-            + mqtt_wire.remaining_length(len(props)) + props + _utf8(client_id))
-    return _packet(CONNECT, body)
-
-
-def subscribe_packet(packet_id: int, topic_filter: str, qos: int) -> bytes:
-    return _packet(SUBSCRIBE, struct.pack("!H", packet_id) + b"\x00" + _utf8(topic_filter)
-                   + bytes([qos]))
-
-
-def _read_varint(data: bytes | bytearray | memoryview, pos: int) -> tuple[int, int] | None:
-    value, shift = 0, 0
-    for _ in range(4):
-        if pos >= len(data):
-            return None
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
-    raise MqttProtocolError("malformed variable byte integer")
-
-
-# (topic, payload, packet id or 0 for QoS 0, dup)
-Publish = tuple[str, bytes, int, bool]
-OnPublishes = Callable[[list[Publish]], None]
-
-
 class Mqtt5Connection(asyncio.Protocol):
-    """One connection. `connected` resolves with session_present after CONNACK.
+    """One connection. `connected` resolves with the CONNACK (session present, properties)."""
 
-    Incoming PUBLISHes are handed over a read at a time (`on_publishes`), in arrival order: the
-    per-message work downstream then runs in one tight loop instead of a chain of calls.
-    """
-
-    def __init__(self, on_publishes: OnPublishes, keepalive_s: int) -> None:
+    def __init__(self, on_publishes: OnPublishes, keepalive_s: int, max_packet: int) -> None:
         self._on_publishes = on_publishes
-        self._keepalive_s = keepalive_s
+        self.keepalive_s = keepalive_s
+        self._max_packet = max_packet
         self._rest = b""  # the start of a packet that the next read completes
         self._transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
-        self.connected: asyncio.Future[bool] = self._loop.create_future()
+        self.connected: asyncio.Future[Connack] = self._loop.create_future()
         self.closed: asyncio.Future[None] = self._loop.create_future()
         self.subacks: dict[int, asyncio.Future[bytes]] = {}
         self._acks: list[int] = []
@@ -92,101 +55,113 @@ class Mqtt5Connection(asyncio.Protocol):
         self._loop_thread = threading.get_ident()
         self._flush_scheduled = False
         self._alive = True
+        self.reading_paused = False
+        self.server_max_packet = codec.MAX_VARINT + 5  # until CONNACK says otherwise
+        self.ping_sent_at: float | None = None  # an unanswered PINGREQ
+        self.disconnect_reason: int | None = None  # the broker's DISCONNECT, if it sent one
+        self.close_cause = ""
 
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = transport  # type: ignore[assignment]  # uvloop: not a subclass
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._alive = False
+        self.close_cause = self.close_cause or f"connection lost: {exc or 'closed by the broker'}"
         if not self.connected.done():
-            self.connected.set_exception(MqttProtocolError(f"connection lost: {exc}"))
+            self.connected.set_exception(MqttProtocolError(self.close_cause))
+        for future in self.subacks.values():  # nobody waits 10 s for a SUBACK that cannot come
+            if not future.done():
+                future.set_exception(MqttProtocolError(self.close_cause))
+        self.subacks.clear()
         if not self.closed.done():
             self.closed.set_result(None)
 
     def data_received(self, data: bytes) -> None:
-        buf = self._rest + data if self._rest else data
-        pos, end = 0, len(buf)
-        publishes: list[Publish] = []
-        append = publishes.append
-        try:
-            while end - pos >= 2:
-                header = buf[pos]
-                start = pos + 2
-                length = buf[pos + 1]
-                if length & 0x80:
-                    parsed = _read_varint(buf, pos + 1)
-                    if parsed is None:
-                        break
-                    length, start = parsed
-                stop = start + length
-                if stop > end:
-                    break
-                pos = stop
-                if header & 0xF0 != PUBLISH:
-                    self._handle(header, buf[start:stop])
-                    continue
-                at = start + 2 + ((buf[start] << 8) | buf[start + 1])
-                topic = buf[start + 2:at].decode()
-                packet_id = 0
-                if header & 0x06:
-                    packet_id = (buf[at] << 8) | buf[at + 1]
-                    at += 2
-                props_len = buf[at]
-                if props_len & 0x80:
-                    parsed = _read_varint(buf, at)
-                    if parsed is None:
-                        raise MqttProtocolError("truncated PUBLISH properties")
-                    props_len, at = parsed
-                else:
-                    at += 1
-                append((topic, buf[at + props_len:stop], packet_id, bool(header & 0x08)))
-        except (MqttProtocolError, IndexError, UnicodeDecodeError) as exc:
-            log.error("MQTT protocol error: %s", exc)
-            self.close()
+        if not self._alive:
             return
-        finally:
-            # Handed over even when a later packet was malformed: these were received whole.
-            if publishes:
-                self._on_publishes(publishes)
-        self._rest = buf[pos:]
+        buf = self._rest + data if self._rest else data
+        try:
+            publishes, controls, used = codec.split(buf, self._max_packet, v5=True)
+            for header, body in controls:
+                self._handle(header, body)
+        except codec.MqttCodecError as exc:
+            self.abort(exc.reason_code, f"from the broker: {exc}")
+            return
+        except MqttProtocolError as exc:
+            self.abort(codec.PROTOCOL_ERROR, str(exc))
+            return
+        self._rest = buf[used:]
+        if publishes and self._alive:
+            if not self.connected.done():
+                self.abort(codec.PROTOCOL_ERROR, "PUBLISH before CONNACK")
+                return
+            self._on_publishes(publishes)
 
     # -- packets
     def _handle(self, header: int, body: bytes) -> None:
         kind = header & 0xF0
-        if kind == CONNACK:
-            if len(body) < 2 or body[1] >= 0x80:
-                reason = body[1] if len(body) > 1 else -1
-                self.connected.set_exception(MqttProtocolError(f"CONNACK reason {reason:#x}"))
-                self.close()
-            else:
-                self.connected.set_result(bool(body[0] & 0x01))
-        elif kind == SUBACK:
-            packet_id = (body[0] << 8) | body[1]
-            parsed = _read_varint(body, 2)
-            codes = body[parsed[1] + parsed[0]:] if parsed else b""
+        if header not in _FROM_SERVER:
+            raise MqttProtocolError(f"unexpected packet {header:#04x} from the broker")
+        if kind != codec.CONNACK and not self.connected.done():
+            raise MqttProtocolError(f"packet {header:#04x} before CONNACK")
+        if kind == codec.PINGRESP:
+            self.ping_sent_at = None
+        elif kind == codec.CONNACK:
+            self._on_connack(codec.decode_connack(body, v5=True))
+        elif kind == codec.SUBACK:
+            packet_id, codes = codec.decode_suback(body, v5=True)
             future = self.subacks.pop(packet_id, None)
             if future is not None and not future.done():
                 future.set_result(codes)
-        elif kind == DISCONNECT:
-            reason = body[0] if body else 0
-            log.warning("Mosquitto sent DISCONNECT (reason %#x)", reason)
+        elif header == codec.PUBREL:
+            # Our PUBREC went out after Kafka had the message: the exchange is complete.
+            self.send(codec.ack(codec.PUBCOMP, codec.decode_packet_id(body)))
+        elif kind == codec.DISCONNECT:
+            reason, text = codec.decode_disconnect(body)
+            self.disconnect_reason = reason
+            self.close_cause = f"DISCONNECT {codec.reason_name(reason)}" + (f": {text}" if text else "")
             self.close()
-        # PINGRESP and anything else: nothing to do.
+
+    def _on_connack(self, connack: Connack) -> None:
+        if self.connected.done():
+            raise MqttProtocolError("a second CONNACK")
+        if connack.reason_code >= 0x80:
+            self.close_cause = f"CONNACK {codec.reason_name(connack.reason_code)}"
+            self.connected.set_exception(MqttProtocolError(self.close_cause))
+            self.close()
+            return
+        props = connack.properties
+        keepalive = props.get(codec.SERVER_KEEP_ALIVE)
+        if isinstance(keepalive, int) and keepalive != self.keepalive_s:
+            log.info("Mosquitto sets the keep alive to %ds (we asked for %ds)", keepalive,
+                     self.keepalive_s)
+            self.keepalive_s = keepalive
+        max_packet = props.get(codec.MAXIMUM_PACKET_SIZE)
+        if isinstance(max_packet, int):
+            self.server_max_packet = max_packet
+        self.connected.set_result(connack)
 
     def send(self, data: bytes) -> None:
         if self._transport is not None and self._alive:
             self._transport.write(data)
 
+    def send_packet(self, data: bytes) -> None:
+        """A packet of ours other than acknowledgements, within the broker's Maximum Packet Size."""
+        if len(data) > self.server_max_packet:
+            raise MqttProtocolError(
+                f"packet of {len(data)} bytes above the broker's maximum {self.server_max_packet}"
+            )
+        self.send(data)
+
     async def subscribe(self, packet_id: int, topic_filter: str, qos: int) -> bytes:
         future: asyncio.Future[bytes] = self._loop.create_future()
         self.subacks[packet_id] = future
-        self.send(subscribe_packet(packet_id, topic_filter, qos))
+        self.send_packet(codec.subscribe_v5(packet_id, topic_filter, qos))
         return await asyncio.wait_for(future, 10.0)
 
     def ack(self, packet_ids: list[int]) -> None:
-        """Send PUBACKs in the order given; thread-safe: from another thread they are queued and
+        """Acknowledge in the order given; thread-safe: from another thread they are queued and
         written by the event loop, after any queued before them."""
         with self._acks_lock:
             self._acks.extend(packet_ids)
@@ -205,15 +180,38 @@ class Mqtt5Connection(asyncio.Protocol):
             acks, self._acks = self._acks, []
             self._flush_scheduled = False
         if acks:
-            # PUBACK = 0x40, remaining length 2, packet id: one big-endian word per ack.
-            self.send(struct.pack(f">{len(acks)}I", *[0x40020000 | mid for mid in acks]))
+            self.send(codec.acks(acks))
 
     def ping(self) -> None:
-        self.send(bytes([PINGREQ, 0]))
+        if self.ping_sent_at is None:
+            self.ping_sent_at = time.monotonic()
+        self.send(codec.PINGREQ_PACKET)
+
+    def pause_reading(self) -> None:
+        if self._transport is not None and self._alive and not self.reading_paused:
+            self.reading_paused = True
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._transport is not None and self._alive and self.reading_paused:
+            self.reading_paused = False
+            self.ping_sent_at = None  # a PINGRESP may have waited behind the paused reads
+            self._transport.resume_reading()
 
     def disconnect(self) -> None:
         self._flush_acks()
-        self.send(bytes([DISCONNECT, 0]))
+        self.send(codec.disconnect_v5())
+        self.close()
+
+    def abort(self, reason_code: int, why: str) -> None:
+        """DISCONNECT with the reason, then close (the broker redelivers what is unacknowledged)."""
+        if not self._alive:
+            return
+        self.close_cause = f"{codec.reason_name(reason_code)}: {why}"
+        log.error("MQTT protocol error, disconnecting with %s", self.close_cause)
+        self.send(codec.disconnect_v5(reason_code))
+        if not self.connected.done():
+            self.connected.set_exception(MqttProtocolError(self.close_cause))
         self.close()
 
     def close(self) -> None:

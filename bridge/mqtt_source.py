@@ -7,6 +7,11 @@
 - Nothing is acknowledged here: the per-connection AckTracker does it, in order, once Kafka
   confirmed. The client (bridge/mqtt5.py) runs on the asyncio loop; a reconnect loop with
   exponential backoff and jitter wraps it.
+- A PINGREQ unanswered for `bridge_ping_timeout_s` means a half-open connection: it is closed
+  and a new one made. Mosquitto's Server Keep Alive, when it sends one, replaces ours.
+- A session the broker no longer has on a reconnect (its queue is gone) is logged at WARNING and
+  counted; a DISCONNECT "session taken over" (0x8E: another client connected with our id) at
+  ERROR, counted, and the next attempt waits the longest backoff instead of fighting for the id.
 """
 
 from __future__ import annotations
@@ -16,32 +21,44 @@ import contextlib
 import logging
 import random
 import ssl
+import time
 from collections.abc import Callable
 
 from bridge.config import BridgeSettings
 from bridge.errors import BridgeError
 from bridge.forwarder import Forwarder
 from bridge.metrics import BridgeMetrics
-from bridge.mqtt5 import Mqtt5Connection, MqttProtocolError, Publish, connect_packet, tls_context
+from bridge.mqtt5 import Mqtt5Connection, MqttProtocolError, tls_context
 from bridge.tracker import AckTracker
+from gateway import mqtt_codec as codec
+from gateway.mqtt_codec import Publish
 
 log = logging.getLogger(__name__)
 
 SYS_DROPPED = "$SYS/broker/publish/messages/dropped"
+_TICK_S = 1.0  # how often the connection's keep-alive and PINGRESP deadline are looked at
+
+
+class SessionTakenOver(MqttProtocolError):
+    """Mosquitto disconnected us because another client connected with our client id."""
 
 
 class MqttSource:
     def __init__(
-        self, settings: BridgeSettings, forwarder: Forwarder, metrics: BridgeMetrics
+        self, settings: BridgeSettings, forwarder: Forwarder, metrics: BridgeMetrics,
+        use_tls: bool = True,
     ) -> None:
-        for path in (settings.ca_file, settings.cert_file, settings.key_file):
-            if not path.is_file():
-                raise BridgeError(f"missing TLS file {path} (issue the bridge certificate first)")
+        """`use_tls=False` only for unit tests against a fake broker on plain TCP."""
+        self._tls: ssl.SSLContext | None = None
+        if use_tls:
+            for path in (settings.ca_file, settings.cert_file, settings.key_file):
+                if not path.is_file():
+                    raise BridgeError(f"missing TLS file {path} (issue the bridge certificate first)")
+            self._tls = tls_context(str(settings.ca_file), str(settings.cert_file),
+                                    str(settings.key_file))
         self._settings = settings
         self._forwarder = forwarder
         self._metrics = metrics
-        self._tls = tls_context(str(settings.ca_file), str(settings.cert_file),
-                                str(settings.key_file))
         self._tracker: AckTracker | None = None
         self._conn: Mqtt5Connection | None = None
         self._paused = False
@@ -50,6 +67,8 @@ class MqttSource:
         self.broker_dropped = 0.0
         self._sys_dropped_seen = False
         metrics.in_flight.set_function(lambda: float(self.in_flight))
+        forwarder.pause_reading = self._pause_reading
+        forwarder.resume_reading = self._resume_reading
 
     @property
     def in_flight(self) -> int:
@@ -64,7 +83,13 @@ class MqttSource:
             try:
                 await self._serve_connection(stop)
                 delay = s.bridge_reconnect_min_s
+            except SessionTakenOver as exc:
+                log.error("Mosquitto ended our session: another client connected as %s (%s); "
+                          "retrying in about %.0fs", s.bridge_client_id, exc, s.bridge_reconnect_max_s)
+                delay = s.bridge_reconnect_max_s
             except (OSError, ssl.SSLError, MqttProtocolError, TimeoutError) as exc:
+                cause = "protocol_error" if isinstance(exc, MqttProtocolError) else "connect_failed"
+                self._metrics.mqtt_disconnects.labels(cause=cause).inc()
                 log.warning("MQTT connection to %s:%d failed: %s: %s", s.mqtt_host, s.mqtt_port,
                             exc.__class__.__name__, exc)
             if stop.is_set() or self._paused:
@@ -80,8 +105,10 @@ class MqttSource:
         loop = asyncio.get_running_loop()
         _, conn = await asyncio.wait_for(
             loop.create_connection(
-                lambda: Mqtt5Connection(self._on_publishes, s.bridge_keepalive_s),
-                s.mqtt_host, s.mqtt_port, ssl=self._tls, server_hostname=s.mqtt_host,
+                lambda: Mqtt5Connection(self._on_publishes, s.bridge_keepalive_s,
+                                        s.bridge_max_packet_bytes),
+                s.mqtt_host, s.mqtt_port, ssl=self._tls,
+                server_hostname=s.mqtt_host if self._tls else None,
             ),
             10.0,
         )
@@ -89,13 +116,11 @@ class MqttSource:
         tracker = AckTracker(self._send_ack(conn))
         self._tracker, self._conn = tracker, conn
         try:
-            conn.send(connect_packet(s.bridge_client_id, s.bridge_keepalive_s,
-                                     s.bridge_session_expiry_s, s.bridge_max_in_flight))
-            session_present = await asyncio.wait_for(conn.connected, 10.0)
-            self.connections += 1
-            log.info("connected to mqtts://%s:%d as %s (session present: %s, receive maximum %d)",
-                     s.mqtt_host, s.mqtt_port, s.bridge_client_id, session_present,
-                     s.bridge_max_in_flight)
+            conn.send(codec.connect_v5(s.bridge_client_id, s.bridge_keepalive_s,
+                                       s.bridge_session_expiry_s, s.bridge_max_in_flight,
+                                       s.bridge_max_packet_bytes))
+            connack = await asyncio.wait_for(conn.connected, 10.0)
+            self._on_connected(connack.session_present, conn)
             # Subscribing again is harmless when the session kept the subscription, and needed
             # when it expired.
             codes = await conn.subscribe(1, s.bridge_subscription, 1)
@@ -107,10 +132,8 @@ class MqttSource:
                             s.bridge_sys_messages_filter)
             self.connected = True
             self._metrics.mqtt_connected.set(1)
-            while not conn.closed.done():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(conn.closed), s.bridge_keepalive_s / 2)
-                conn.ping()
+            await self._keep_alive(conn)
+            self._ended(conn)
         finally:
             self.connected = False
             self._metrics.mqtt_connected.set(0)
@@ -123,6 +146,60 @@ class MqttSource:
             else:
                 log.info("disconnected from Mosquitto; %d unacknowledged", dropped)
 
+    def _on_connected(self, session_present: bool, conn: Mqtt5Connection) -> None:
+        s = self._settings
+        self.connections += 1
+        log.info("connected to mqtts://%s:%d as %s (session present: %s, receive maximum %d, "
+                 "keep alive %ds)", s.mqtt_host, s.mqtt_port, s.bridge_client_id, session_present,
+                 s.bridge_max_in_flight, conn.keepalive_s)
+        if session_present:
+            return
+        if self.connections > 1:
+            self._metrics.mqtt_sessions_lost.inc()
+            log.warning("Mosquitto no longer had the session of %s: the messages queued for it "
+                        "while we were away are lost", s.bridge_client_id)
+        else:
+            log.info("no session of %s on the broker yet: a new one starts", s.bridge_client_id)
+
+    async def _keep_alive(self, conn: Mqtt5Connection) -> None:
+        """PINGREQ every half keep-alive; a PINGRESP overdue means the connection is half-open."""
+        timeout_s = self._settings.bridge_ping_timeout_s
+        last_ping = time.monotonic()
+        while not conn.closed.done():
+            tick_s = min(_TICK_S, timeout_s / 2, max(conn.keepalive_s, 1) / 4)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(conn.closed), tick_s)
+            now = time.monotonic()
+            sent_at = conn.ping_sent_at
+            if sent_at is not None and now - sent_at > timeout_s and not conn.reading_paused:
+                conn.close_cause = f"no PINGRESP within {timeout_s:.0f}s (half-open connection)"
+                log.warning("MQTT connection is half-open: %s; reconnecting", conn.close_cause)
+                conn.close()
+                return
+            if now - last_ping >= conn.keepalive_s / 2 and conn.keepalive_s:
+                conn.ping()
+                last_ping = now
+
+    def _ended(self, conn: Mqtt5Connection) -> None:
+        """Count why the connection ended; raise what the reconnect loop must tell apart."""
+        reason = conn.disconnect_reason
+        if reason == codec.SESSION_TAKEN_OVER:
+            cause = "session_taken_over"
+        elif reason is not None:
+            cause = f"disconnect_{reason:#04x}"
+        elif conn.close_cause.startswith("no PINGRESP"):
+            cause = "ping_timeout"
+        elif conn.close_cause.startswith("connection lost"):
+            cause = "connection_lost"
+        else:
+            cause = "protocol_error"
+        if not self._paused:
+            self._metrics.mqtt_disconnects.labels(cause=cause).inc()
+        if reason == codec.SESSION_TAKEN_OVER:
+            raise SessionTakenOver(conn.close_cause)
+        if not self._paused:
+            log.warning("MQTT connection ended: %s", conn.close_cause)
+
     def _send_ack(self, conn: Mqtt5Connection) -> Callable[[list[int]], None]:
         counts = self._metrics.counts
 
@@ -132,6 +209,14 @@ class MqttSource:
             counts.acked += len(packet_ids)
 
         return send
+
+    def _pause_reading(self) -> None:
+        if self._conn is not None:
+            self._conn.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._conn is not None:
+            self._conn.resume_reading()
 
     def pause(self) -> None:
         """Stop taking messages: later ones are left unacknowledged, for the broker to redeliver."""

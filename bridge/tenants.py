@@ -18,7 +18,16 @@ log = logging.getLogger(__name__)
 
 class TenantLookup(Protocol):
     def tenant_of(self, device_id: str) -> str | None:
-        """The device's tenant, None if it is not provisioned; RegistryError if unknowable now."""
+        """The device's tenant, None if it is not provisioned; RegistryError if unknowable now.
+        May block on the registry: the forwarder calls it in a worker thread."""
+        ...
+
+    def cached(self, device_id: str) -> str | None:
+        """The tenant if already known (never blocks); None otherwise."""
+        ...
+
+    def needs_lookup(self, device_id: str) -> bool:
+        """Whether only the registry can tell (not known, not missed recently)."""
         ...
 
 
@@ -45,6 +54,12 @@ class RegistryTenants:
 
     def tenant_of(self, device_id: str) -> str | None:
         return self._cache.get(device_id)
+
+    def cached(self, device_id: str) -> str | None:
+        return self._cache.cached(device_id)
+
+    def needs_lookup(self, device_id: str) -> bool:
+        return self._cache.needs_lookup(device_id)
 
     def preload(self) -> None:
         """Warm the cache with every provisioned device; a failure only costs the first misses."""

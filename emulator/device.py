@@ -10,7 +10,7 @@ import ssl
 import time
 from dataclasses import dataclass, field
 
-from emulator.mqtt import DISCONNECT_PACKET, PINGREQ_PACKET, MqttError, MqttProtocol, publish_packet
+from emulator.mqtt import DISCONNECT_PACKET, MqttError, MqttProtocol, publish_packet
 from gateway.pki import Identity
 
 log = logging.getLogger(__name__)
@@ -198,9 +198,17 @@ class DeviceClient:
         self.last_write = time.monotonic()
 
     def ping(self) -> None:
-        if self._protocol is not None:
-            self._protocol.write(PINGREQ_PACKET)
-            self.last_write = time.monotonic()
+        """PINGREQ; an earlier one still unanswered after half the keep-alive means the
+        connection is half-open: it is closed, and the device reconnects."""
+        protocol = self._protocol
+        if protocol is None:
+            return
+        now = time.monotonic()
+        if protocol.ping_overdue(now, self._keepalive_s / 2):
+            protocol.abort(f"no PINGRESP within {self._keepalive_s / 2:.0f}s (half-open connection)")
+            return
+        protocol.ping()
+        self.last_write = now
 
     async def drain(self) -> None:
         await self._drained.wait()

@@ -3,20 +3,26 @@
 Why not paho or gmqtt: an emulator holding 10,000 TLS connections in one process spends its time in
 per-connection and per-message overhead. paho does the TLS handshake blocking inside connect() and
 keeps a thread-oriented client object per connection; an asyncio Protocol over the event loop's own
-TLS (memory BIO) handshakes without blocking and costs a few objects per connection. Four packet
-types are little enough to own; the tests check the result against the real broker.
+TLS (memory BIO) handshakes without blocking and costs a few objects per connection. The packets
+are encoded and decoded by the codec the bridge uses too (gateway/mqtt_codec.py), whose decoder
+is bounded: a broker (or anything posing as one) cannot make a device buffer more than
+MAX_PACKET bytes. Malformed input, a second CONNACK or a packet a server may not send closes
+the connection (MQTT 3.1.1 has no reason codes); the device then reconnects. A PINGREQ left
+unanswered for `ping_timeout_s` closes it too: the connection is half-open.
 """
 
 from __future__ import annotations
 
 import asyncio
-import struct
+import logging
+import time
 from collections.abc import Callable
 from typing import cast
 
-from gateway import mqtt_wire
+from gateway import mqtt_codec as codec
 
-CONNECT, CONNACK, PUBLISH, PUBACK, PINGREQ, PINGRESP, DISCONNECT = 1, 2, 3, 4, 12, 13, 14
+log = logging.getLogger(__name__)
+
 CONNACK_REASONS = {
     1: "unacceptable protocol version",
     2: "client identifier rejected",
@@ -24,32 +30,26 @@ CONNACK_REASONS = {
     4: "bad user name or password",
     5: "not authorised",
 }
+# A device receives CONNACK, PUBACK and PINGRESP: four bytes each, and nothing near this.
+MAX_PACKET = 64 * 1024
+_FROM_SERVER = {codec.CONNACK, codec.PUBACK, codec.PINGRESP}
 
 
 class MqttError(Exception):
     """The root error of the emulator's MQTT client."""
 
 
-_remaining_length = mqtt_wire.remaining_length
-_string = mqtt_wire.string
-
-
 def connect_packet(client_id: str, keepalive_s: int, clean_session: bool = True) -> bytes:
-    flags = 0x02 if clean_session else 0x00
-    body = _string(b"MQTT") + bytes([4, flags]) + struct.pack("!H", keepalive_s)
-    body += _string(client_id.encode())
-    return bytes([CONNECT << 4]) + _remaining_length(len(body)) + body
+    return codec.connect_v311(client_id, keepalive_s, clean_session)
 
 
 def publish_packet(topic: bytes, payload: bytes, packet_id: int, dup: bool = False) -> bytes:
     """QoS 1, not retained."""
-    header = (PUBLISH << 4) | 0x02 | (0x08 if dup else 0)
-    variable = _string(topic) + struct.pack("!H", packet_id)
-    return bytes([header]) + _remaining_length(len(variable) + len(payload)) + variable + payload
+    return codec.publish(topic, payload, packet_id, 1, dup)
 
 
-PINGREQ_PACKET = bytes([PINGREQ << 4, 0])
-DISCONNECT_PACKET = bytes([DISCONNECT << 4, 0])
+PINGREQ_PACKET = codec.PINGREQ_PACKET
+DISCONNECT_PACKET = codec.DISCONNECT_V311
 
 
 class MqttProtocol(asyncio.Protocol):
@@ -63,11 +63,13 @@ class MqttProtocol(asyncio.Protocol):
         self._keepalive_s = keepalive_s
         self._on_puback = on_puback
         self._on_lost = on_lost
-        self._buffer = bytearray()
+        self._rest = b""
         self._outgoing: list[bytes] = []
         self._flush_handle: asyncio.Handle | None = None
         self.transport: asyncio.Transport | None = None
         self.connack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.ping_sent_at: float | None = None  # an unanswered PINGREQ
+        self.close_cause = ""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but have the same methods.
@@ -96,42 +98,58 @@ class MqttProtocol(asyncio.Protocol):
             self._outgoing.clear()
             self.transport.write(data)
 
-    def data_received(self, data: bytes) -> None:
-        buffer = self._buffer
-        buffer += data
-        while len(buffer) >= 2:
-            # Remaining length: up to 4 bytes of 7 bits each.
-            length, multiplier, pos = 0, 1, 1
-            while True:
-                if pos >= len(buffer):
-                    return
-                byte = buffer[pos]
-                length += (byte & 0x7F) * multiplier
-                multiplier *= 128
-                pos += 1
-                if not byte & 0x80:
-                    break
-            end = pos + length
-            if len(buffer) < end:
-                return
-            self._packet(buffer[0] >> 4, bytes(buffer[pos:end]))
-            del buffer[:end]
+    def ping(self) -> None:
+        if self.ping_sent_at is None:
+            self.ping_sent_at = time.monotonic()
+        self.write(PINGREQ_PACKET)
 
-    def _packet(self, kind: int, body: bytes) -> None:
-        if kind == PUBACK:
-            self._on_puback(struct.unpack_from("!H", body)[0])
-        elif kind == CONNACK:
-            code = body[1] if len(body) > 1 else 255
+    def ping_overdue(self, now: float, timeout_s: float) -> bool:
+        return self.ping_sent_at is not None and now - self.ping_sent_at > timeout_s
+
+    def data_received(self, data: bytes) -> None:
+        if self.transport is not None and self.transport.is_closing():
+            return
+        buf = self._rest + data if self._rest else data
+        try:
+            _publishes, controls, used = codec.split(buf, MAX_PACKET, v5=False)
+            for header, body in controls:
+                self._packet(header, body)
+        except (codec.MqttCodecError, MqttError) as exc:
+            self.abort(str(exc))
+            return
+        self._rest = buf[used:]
+        # PUBLISHes (a device subscribes to nothing) are ignored.
+
+    def _packet(self, header: int, body: bytes) -> None:
+        if header not in _FROM_SERVER:
+            raise MqttError(f"unexpected packet {header:#04x} from the broker")
+        if header == codec.PUBACK:
+            if not self.connack.done():
+                raise MqttError("PUBACK before CONNACK")
+            self._on_puback(codec.decode_packet_id(body))
+        elif header == codec.PINGRESP:
+            self.ping_sent_at = None
+        else:
+            connack = codec.decode_connack(body, v5=False)
             if self.connack.done():
-                return
-            if code == 0:
+                raise MqttError("a second CONNACK")
+            if connack.reason_code == 0:
                 self.connack.set_result(None)
-            else:
-                reason = CONNACK_REASONS.get(code, f"code {code}")
-                self.connack.set_exception(MqttError(f"{self._client_id}: CONNACK refused: {reason}"))
-                if self.transport is not None:
-                    self.transport.close()
-        # PINGRESP and anything unexpected: nothing to do (a device subscribes to nothing).
+                return
+            reason = CONNACK_REASONS.get(connack.reason_code, f"code {connack.reason_code}")
+            self.connack.set_exception(MqttError(f"{self._client_id}: CONNACK refused: {reason}"))
+            if self.transport is not None:
+                self.transport.close()
+
+    def abort(self, why: str) -> None:
+        """Close on a protocol error (MQTT 3.1.1: no DISCONNECT from the client for it)."""
+        self.close_cause = why
+        log.warning("device %s: MQTT protocol error from the broker, closing: %s",
+                    self._client_id, why)
+        if not self.connack.done():
+            self.connack.set_exception(MqttError(f"{self._client_id}: {why}"))
+        if self.transport is not None:
+            self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._flush_handle is not None:

@@ -11,14 +11,15 @@ import pytest
 
 from emulator.device import Signals
 from emulator.fleet import FleetConfig
-from emulator.mqtt import MqttProtocol, _remaining_length, connect_packet, publish_packet
+from emulator.mqtt import MAX_PACKET, MqttProtocol, connect_packet, publish_packet
+from gateway import mqtt_codec as codec
 from gateway.registry import TenantCache
 
 
 @pytest.mark.parametrize(("n", "encoded"), [(0, b"\x00"), (127, b"\x7f"), (128, b"\x80\x01"),
                                             (16_383, b"\xff\x7f"), (16_384, b"\x80\x80\x01")])
 def test_remaining_length(n: int, encoded: bytes) -> None:
-    assert _remaining_length(n) == encoded
+    assert codec.varint(n) == encoded
 
 
 def test_connect_packet() -> None:
@@ -52,6 +53,54 @@ async def test_refused_connack_is_an_error() -> None:
     protocol.data_received(b"\x20\x02\x00\x05")
     with pytest.raises(Exception, match="not authorised"):
         await asyncio.wait_for(protocol.connack, 1)
+
+
+class FakeTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: list[bytes] = []
+        self.closing = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+
+def device() -> tuple[MqttProtocol, FakeTransport, list[int]]:
+    acks: list[int] = []
+    protocol = MqttProtocol("d", 60, acks.append, lambda exc: None)
+    transport = FakeTransport()
+    protocol.connection_made(transport)
+    protocol.data_received(b"\x20\x02\x00\x00")
+    return protocol, transport, acks
+
+
+@pytest.mark.parametrize("bad", [
+    b"\x40\xff\xff\xff\xff\x01",  # five bytes of remaining length: unbounded before
+    b"\x40" + codec.varint(MAX_PACKET),  # a length no device ever needs: refused at once
+    b"\x40\x02\x00\x00",  # PUBACK of packet id 0
+    b"\x20\x02\x00\x00",  # a second CONNACK
+    b"\x82\x02\x00\x01",  # SUBSCRIBE: no server sends it
+])
+async def test_protocol_errors_close_the_connection_without_raising(bad: bytes) -> None:
+    protocol, transport, acks = device()
+    protocol.data_received(bad)
+    assert transport.closing and acks == []
+    assert protocol.close_cause
+
+
+async def test_an_unanswered_ping_is_overdue_and_a_pingresp_answers_it() -> None:
+    protocol, _, _ = device()
+    protocol.ping()
+    assert protocol.ping_sent_at is not None
+    assert protocol.ping_overdue(protocol.ping_sent_at + 31, 30)
+    protocol.data_received(b"\xd0\x00")
+    assert not protocol.ping_overdue(protocol.ping_sent_at or 1e12, 30)
 
 
 def test_signals_drift_within_realistic_bounds() -> None:
