@@ -36,6 +36,15 @@ class BridgeSettings(BaseSettings):
     # what the bridge holds in memory when Kafka stalls; the rest waits in Mosquitto's queue.
     bridge_max_in_flight: int = Field(default=2000, ge=1, le=65535)
     bridge_keepalive_s: int = 30
+    # An unanswered PINGREQ this old means a half-open connection: closed and reconnected.
+    bridge_ping_timeout_s: float = Field(default=10.0, gt=0)
+    # MQTT 5 Maximum Packet Size sent in CONNECT, and the decoder's bound. Above Mosquitto's own
+    # limit for devices (the broker forwards what it accepted, plus a few bytes of MQTT 5
+    # header): a message Mosquitto took from a device is never dropped for being too large
+    # for us; the contract's 64 KiB limit then dead-letters it.
+    bridge_max_packet_bytes: int = Field(
+        default=contract.MQTT_MAX_PACKET_BYTES + 4096, ge=contract.MQTT_MAX_PACKET_BYTES
+    )
     bridge_reconnect_min_s: float = 0.5
     bridge_reconnect_max_s: float = 30.0
     # Mosquitto's $SYS counters (the bridge needs read on $SYS/# in the ACL). Mosquitto 2.0
@@ -103,6 +112,9 @@ class BridgeSettings(BaseSettings):
             "message.timeout.ms": self.bridge_message_timeout_ms,
             # Room for the whole MQTT window several times over; never the memory bound itself.
             "queue.buffering.max.messages": max(100_000, 4 * self.bridge_max_in_flight),
+            # Kafka's record limit, the same as the topics' max.message.bytes: a larger record is
+            # refused at once (and dead-lettered), never retried against the broker.
+            "message.max.bytes": contract.KAFKA_MAX_MESSAGE_BYTES,
             "reconnect.backoff.ms": 100,
             "reconnect.backoff.max.ms": 2000,
         }
