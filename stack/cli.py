@@ -72,6 +72,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
     width = max(len(name) for name, _, _ in rows)
     for name, state, detail in rows:
         sys.stdout.write(f"{name:<{width}}  {state:<8}  {detail}\n")
+    from stack.services.prometheus import alert_lines, firing_alerts
+
+    firing = firing_alerts()
+    if firing:
+        sys.stdout.write(f"\nalerts firing ({len(firing)}):\n")
+        sys.stdout.writelines(f"  {line}\n" for line in alert_lines(firing))
     return 0 if all(state in ("running", "disabled") for _, state, _ in rows) else 3
 
 

@@ -22,6 +22,7 @@ The pipeline is up.
   MQTT (mTLS)       localhost:{settings.mqtt_port}   CA {pki}/ca.crt
   Kafka             localhost:{settings.kafka_port}
   Cassandra (CQL)   localhost:{settings.cassandra_port}
+  Prometheus        http://localhost:{endpoints.PROMETHEUS_PORT}   (firing alerts: .venv/bin/iot status)
 
 Watch live telemetry:
   mosquitto_sub -h localhost -p {settings.mqtt_port} --cafile {pki}/ca.crt \\

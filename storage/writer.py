@@ -33,6 +33,18 @@ FRESHNESS = Histogram(
     ["table"], buckets=(1, 2, 5, 10, 12, 15, 20, 30, 60, 120, 300, 3600),
 )
 LAST_WRITE = Gauge("iot_writer_last_write_seconds", "Wall time of the last successful batch")
+DUPLICATES = Counter(
+    "iot_writer_duplicate_windows_total",
+    "Window rows Cassandra already held (IF NOT EXISTS refused them: a replay), by table", ["table"],
+)
+LATE = Counter(
+    "iot_writer_late_readings_total",
+    "Readings that missed their windows: the rise of each all-time row's late count since this "
+    "writer last saw its key",
+)
+# Last late count per (device, metric) of the all-time rows; bounded (the oldest key is dropped).
+_LATE_KEYS = 100_000
+_late_seen: dict[tuple[Any, ...], int] = {}
 
 
 class WriterError(RuntimeError):
@@ -126,7 +138,9 @@ class AggregatesWriter:
         LAST_WRITE.set(now)
         for row in rows:
             ROWS.labels(row.table).inc()
-            if row.table != "agg_all":
+            if row.table == "agg_all":
+                count_late(row)
+            else:
                 window_end = row.values[4].timestamp()
                 if window_end > _newest.get(row.table, 0.0):
                     _newest[row.table] = window_end
@@ -139,4 +153,29 @@ class AggregatesWriter:
             self._session, statements, concurrency=self.settings.writer_concurrency,
             raise_on_first_error=False,
         )
-        return [(row, result) for row, (ok, result) in zip(rows, results, strict=True) if not ok]
+        failures = []
+        for row, (ok, result) in zip(rows, results, strict=True):
+            if not ok:
+                failures.append((row, result))
+            elif row.table != "agg_all" and not _applied(result):
+                DUPLICATES.labels(row.table).inc()
+        return failures
+
+
+def _applied(result: Any) -> bool:
+    """[applied] of an IF NOT EXISTS insert; True when the driver cannot tell."""
+    try:
+        return bool(result.was_applied)
+    except (AttributeError, RuntimeError, IndexError, KeyError):
+        return True
+
+
+def count_late(row: Row) -> None:
+    """Add the rise of an all-time row's late count to LATE (a key first seen sets the baseline)."""
+    late = int(row.values[-1])
+    previous = _late_seen.pop(row.key, None)
+    if previous is not None and late > previous:
+        LATE.inc(late - previous)
+    _late_seen[row.key] = late
+    if len(_late_seen) > _LATE_KEYS:
+        del _late_seen[next(iter(_late_seen))]

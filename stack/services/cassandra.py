@@ -24,6 +24,7 @@ from stack import artifacts
 from stack.errors import StackError
 from stack.process import ProcessSpec
 from stack.service import NotReady, Service
+from stack.services import prometheus
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,7 @@ class CassandraService(Service):
 
     def install(self) -> None:
         artifacts.fetch(self.settings, self.name)
+        prometheus.install_jmx_agent(self.settings)
         self.config_file.parent.mkdir(parents=True, exist_ok=True)
         self.config_file.write_text(self._yaml())
         self.logback_file.write_text(_LOGBACK)
@@ -201,6 +203,8 @@ class CassandraService(Service):
             *_JPMS,
             # jamm measures object sizes for memtable accounting; it wants to be an agent.
             *([f"-javaagent:{jamm[0]}"] if jamm else []),
+            # Metrics for Prometheus (observability/jmx/cassandra.yml).
+            *prometheus.jmx_agent_args(s, self.name),
             f"-Dcassandra.config=file://{self.config_file}",
             f"-Dlogback.configurationFile={self.logback_file}",
             f"-Dcassandra.storagedir={self.home_dir}",

@@ -28,6 +28,7 @@ from stack.config import StackSettings
 from stack.errors import StackError
 from stack.process import ProcessSpec
 from stack.service import NotReady, Service, http_ready
+from stack.services import prometheus
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +191,8 @@ def _daemon_spec(settings: StackSettings, role: str) -> ProcessSpec:
         main_class,
         "--configDir", str(conf),
         *dynamic_args,
+        # Each daemon's Prometheus reporter on its own fixed port (a range would race).
+        "-D", f"metrics.reporter.prom.port={prometheus.flink_reporter_port(role)}",
         "-D", tmp_property,
     ]
     return ProcessSpec(
@@ -197,7 +200,10 @@ def _daemon_spec(settings: StackSettings, role: str) -> ProcessSpec:
         argv=argv,
         run_dir=settings.run_dir,
         log_file=log_file,
-        env={"JAVA_HOME": str(settings.java17_home), "FLINK_CONF_DIR": str(conf)},
+        env={
+            "JAVA_HOME": str(settings.java17_home), "FLINK_CONF_DIR": str(conf),
+            "FLINK_PLUGINS_DIR": str(prometheus.flink_plugins_dir(settings)),
+        },
         marker=tmp_property,
     )
 
@@ -266,6 +272,7 @@ def cluster_config(settings: StackSettings) -> dict[str, str]:
         # (a changed config.yaml would recompute the memory flags).
         "python.executable": _python(),
         "python.client.executable": _python(),
+        **prometheus.flink_reporter_config(),
     }
 
 
@@ -275,6 +282,7 @@ class FlinkService(Service):
 
     def install(self) -> None:
         kafka_connector_jar(self.settings)
+        prometheus.link_flink_reporter(self.settings)
         conf = conf_dir(self.settings)
         conf.mkdir(parents=True, exist_ok=True)
         for path in (

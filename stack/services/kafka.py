@@ -23,6 +23,7 @@ from stack import artifacts
 from stack.errors import StackError
 from stack.process import ProcessSpec
 from stack.service import NotReady, Service
+from stack.services import prometheus
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,7 @@ class KafkaService(Service):
 
     def install(self) -> None:
         artifacts.fetch(self.settings, self.name)
+        prometheus.install_jmx_agent(self.settings)
         self.settings.service_dir(self.name).mkdir(parents=True, exist_ok=True)
         self.config_file.write_text(self._server_properties())
         self.log4j_file.write_text(_LOG4J2.format(log_file=self.log_file))
@@ -203,7 +205,9 @@ class KafkaService(Service):
         return f"kafka.Kafka {self.config_file}"
 
     def processes(self) -> list[ProcessSpec]:
-        argv = [*self._java(), "kafka.Kafka", str(self.config_file)]
+        # The JMX exporter agent on the broker only (not on the storage tool's JVM).
+        agent = prometheus.jmx_agent_args(self.settings, self.name)
+        argv = [*self._java(), *agent, "kafka.Kafka", str(self.config_file)]
         return [self.spec(self.name, argv, stop_timeout_s=30.0)]
 
     def _admin(self) -> AdminClient:
