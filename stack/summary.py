@@ -6,6 +6,7 @@ import sys
 
 from gateway import endpoints
 from stack.config import StackSettings
+from stack.services import keycloak_admin
 
 
 def print_summary(settings: StackSettings) -> None:
@@ -13,11 +14,12 @@ def print_summary(settings: StackSettings) -> None:
     keycloak = f"http://localhost:{settings.keycloak_port}"
     api = f"http://localhost:{settings.query_api_port}"
     pki = settings.pki_dir
+    admin_password = keycloak_admin.shown_admin_password(settings)
     text = f"""
 The pipeline is up.
 
   Flink web UI      http://localhost:{settings.flink_rest_port}
-  Keycloak          {keycloak}   (admin / admin)
+  Keycloak          {keycloak}   (admin / {admin_password}, in {keycloak_admin.admin_password_file(settings)})
   Query API docs    {api}/docs
   MQTT (mTLS)       localhost:{settings.mqtt_port}   CA {pki}/ca.crt
   Kafka             localhost:{settings.kafka_port}

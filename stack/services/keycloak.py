@@ -17,9 +17,8 @@ from gateway import endpoints
 from stack.errors import StackError
 from stack.process import ProcessSpec
 from stack.service import Service, http_ready
+from stack.services import keycloak_admin
 from stack.services.keycloak_dist import (
-    ADMIN_PASSWORD,
-    ADMIN_USER,
     REALM_FILE,
     ensure_server,
     link_home,
@@ -53,9 +52,11 @@ class KeycloakService(Service):
     def install(self) -> None:
         server = ensure_server(self.settings)
         link_home(self.kc_home, server)
-        if seed_database(self.settings, server, self.kc_home):
-            # The seeded database holds the current realm file's import.
+        cache_admin_password = seed_database(self.settings, server, self.kc_home)
+        if cache_admin_password is not None:
+            # The seeded database holds the current realm file's import, and the cache's admin.
             self._imported_marker.write_text(realm_digest() + "\n")
+            keycloak_admin.note_seeded(self.settings, cache_admin_password)
 
     def own_ports(self) -> tuple[int, ...]:
         return (self.settings.keycloak_port,)
@@ -63,7 +64,7 @@ class KeycloakService(Service):
     def processes(self) -> list[ProcessSpec]:
         home = self.kc_home
         argv = server_argv(self.settings, home, self.settings.keycloak_port)
-        env = server_env(self.settings)
+        env = server_env(self.settings, keycloak_admin.admin_password(self.settings))
         return [self.spec("keycloak", argv, cwd=home, env=env, marker=f"-Dkc.home.dir={home}")]
 
     @property
@@ -71,41 +72,43 @@ class KeycloakService(Service):
         return self.state_dir / "realm-imported.sha256"
 
     def initialise(self) -> None:
-        """Replace the stored realm when iot-realm.json changed since it was imported.
+        """The administrator's and the users' passwords as configured; the stored realm replaced
+        when iot-realm.json changed since it was imported.
 
         --import-realm skips an existing realm, so without this an edited realm file would need
         `iot down --purge`. Replacing drops the realm's sessions and keys: only on a change.
         """
+        realm_json = json.loads(REALM_FILE.read_text())
         digest = realm_digest()
         try:
             imported = self._imported_marker.read_text().strip()
         except OSError:
             imported = digest  # just imported by this start (or a state older than the marker)
-        if imported != digest:
-            log.info("keycloak: %s changed since its import; replacing the realm", REALM_FILE.name)
-            self._replace_realm()
-        self._imported_marker.write_text(digest + "\n")
-
-    def _replace_realm(self) -> None:
-        admin = f"{self.base_url}/admin/realms"
-        realm = f"{admin}/{endpoints.KEYCLOAK_REALM}"
         try:
             with httpx.Client(timeout=60.0) as client:
-                grant = client.post(
-                    f"{self.base_url}/realms/master/protocol/openid-connect/token",
-                    data={"grant_type": "password", "client_id": "admin-cli",
-                          "username": ADMIN_USER, "password": ADMIN_PASSWORD},
-                )
-                grant.raise_for_status()
-                headers = {"Authorization": f"Bearer {grant.json()['access_token']}"}
-                client.delete(realm, headers=headers).raise_for_status()
-                realm_json = json.loads(REALM_FILE.read_text())
-                client.post(admin, headers=headers, json=realm_json).raise_for_status()
+                admin = keycloak_admin.login(client, self.settings, self.base_url)
+                if imported != digest:
+                    log.info("keycloak: %s changed since its import; replacing the realm", REALM_FILE.name)
+                    self._replace_realm(admin, realm_json)
+                self._imported_marker.write_text(digest + "\n")
+                users = [user["username"] for user in realm_json.get("users", [])]
+                keycloak_admin.apply_user_passwords(admin, self.settings, users)
         except httpx.HTTPError as exc:
-            raise StackError(f"keycloak: replacing realm {endpoints.KEYCLOAK_REALM}: {exc}") from exc
+            raise StackError(f"keycloak: setting up realm {endpoints.KEYCLOAK_REALM}: {exc}") from exc
+
+    def _replace_realm(self, admin: keycloak_admin.Admin, realm_json: dict[str, object]) -> None:
+        realms = f"{self.base_url}/admin/realms"
+        admin.client.delete(f"{realms}/{endpoints.KEYCLOAK_REALM}", headers=admin.headers).raise_for_status()
+        keycloak_admin.forget_user_passwords(self.settings)
+        admin.client.post(realms, headers=admin.headers, json=realm_json).raise_for_status()
 
     def check_ready(self) -> None:
         http_ready(f"{self.base_url}/realms/{endpoints.KEYCLOAK_REALM}/.well-known/openid-configuration")
 
     def describe(self) -> str:
-        return f"{self.base_url}/realms/{endpoints.KEYCLOAK_REALM} (admin console: admin/admin)"
+        password = keycloak_admin.shown_admin_password(self.settings) or "(set at the first start)"
+        kept = keycloak_admin.admin_password_file(self.settings)
+        return (
+            f"{self.base_url}/realms/{endpoints.KEYCLOAK_REALM} "
+            f"(admin console: {keycloak_admin.ADMIN_USER} / {password}, in {kept})"
+        )

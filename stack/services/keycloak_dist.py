@@ -8,7 +8,9 @@ sharing the cache never share state.
 A fresh database costs a schema migration and the realm import (~30 s of CPU). The first fresh
 start per (build, realm file) therefore seeds a pristine database in a scratch home and keeps it
 in the cache; later fresh homes start from a copy, as fast as a restart. The copy shares the
-realm's signing keys with the other clones of this machine: fine for a local stack.
+realm's signing keys with the other clones of this machine: fine for a local stack. Its master
+realm administrator has the cache's own generated password (kept beside it, mode 0600), which
+each stack replaces with its own after the first start (keycloak_admin.login).
 """
 
 from __future__ import annotations
@@ -30,6 +32,12 @@ from gateway import endpoints
 from stack import artifacts
 from stack.config import StackSettings
 from stack.errors import StackError
+from stack.services.keycloak_admin import (
+    ADMIN_USER,
+    LEGACY_ADMIN_PASSWORD,
+    new_password,
+    write_secret,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +49,11 @@ REALM_FILE = Path(__file__).resolve().parent.parent / "keycloak" / "iot-realm.js
 BUILD_OPTIONS = ["--db=dev-file", "--http-relative-path=/"]
 # An IPv4 literal: "localhost" may resolve to ::1 first, and clients fall back to 127.0.0.1.
 LISTEN_HOST = "127.0.0.1"
-# The master realm's administrator (local stack only; the console is on localhost).
-ADMIN_USER = "admin"
-ADMIN_PASSWORD = "admin"
 # Directories of the distribution that are read-only at run time and shared with the cache.
 _SHARED = ("bin", "lib", "providers", "themes")
 _H2 = Path("data") / "h2"
+# Beside a cached database: the password of its administrator.
+_ADMIN_PASSWORD = "admin-password"
 
 
 def realm_digest() -> str:
@@ -155,25 +162,29 @@ def server_argv(settings: StackSettings, home: Path, port: int) -> list[str]:
     ]
 
 
-def server_env(settings: StackSettings) -> dict[str, str]:
+def server_env(settings: StackSettings, admin_password: str) -> dict[str, str]:
     return {
         "JAVA_HOME": str(settings.java21_home),
-        # Creates the master realm's administrator on the first start only.
+        # Creates the master realm's administrator on the first start of an empty database only.
         "KC_BOOTSTRAP_ADMIN_USERNAME": ADMIN_USER,
-        "KC_BOOTSTRAP_ADMIN_PASSWORD": ADMIN_PASSWORD,
+        "KC_BOOTSTRAP_ADMIN_PASSWORD": admin_password,
     }
 
 
-def seed_database(settings: StackSettings, server: Path, home: Path) -> bool:
-    """Give a fresh home a copy of the cached pristine database; True if it got one."""
+def seed_database(settings: StackSettings, server: Path, home: Path) -> str | None:
+    """Give a fresh home a copy of the cached pristine database; the password of the copy's
+    administrator if it got one, None if not."""
     if (home / _H2).exists():
-        return False
+        return None
     template = server.parent / f"db-{_build_digest()}-{realm_digest()[:12]}"
     if not (template / "h2").exists() and not _make_template(settings, server, template):
-        return False
+        return None
     shutil.copytree(template / "h2", home / _H2)
     log.info("keycloak: database seeded from %s", template)
-    return True
+    try:
+        return (template / _ADMIN_PASSWORD).read_text().strip()
+    except FileNotFoundError:
+        return LEGACY_ADMIN_PASSWORD  # seeded before the cache had a password of its own
 
 
 def _make_template(settings: StackSettings, server: Path, template: Path) -> bool:
@@ -185,10 +196,11 @@ def _make_template(settings: StackSettings, server: Path, template: Path) -> boo
     port = _free_port()
     log.info("keycloak: seeding a pristine database for the cache (once per realm file)")
     log_file = scratch / "seed.log"
+    password = new_password()
     with open(log_file, "wb") as out:
         proc = subprocess.Popen(
             server_argv(settings, scratch / "home", port),
-            env={**os.environ, **server_env(settings)},
+            env={**os.environ, **server_env(settings, password)},
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
@@ -208,6 +220,7 @@ def _make_template(settings: StackSettings, server: Path, template: Path) -> boo
     staged = scratch / "template"
     staged.mkdir()
     (scratch / "home" / _H2).rename(staged / "h2")
+    write_secret(staged / _ADMIN_PASSWORD, password)
     try:
         staged.rename(template)
     except OSError:

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,37 +19,97 @@ import httpx
 from cassandra.cluster import Session
 
 from gateway import endpoints
+from query_api.config import QueryApiSettings
+from stack.config import StackSettings
+from stack.services import keycloak_admin
 
 KEYCLOAK = endpoints.KEYCLOAK_URL
 CLIENT_ID = endpoints.KEYCLOAK_CLIENT_ID
-PASSWORD = "temp"
+# A client the test API is told to accept besides query-service (short_lived_client).
+SHORT_LIVED_CLIENT = "qa-short-lived"
+
+
+def user_password(username: str) -> str:
+    """The realm user's password as the stack set it (`temp` unless configured)."""
+    return keycloak_admin.user_password(StackSettings(), username)
+
+
+def admin_password() -> str:
+    """The master realm administrator's password, from where the stack keeps it."""
+    password = keycloak_admin.shown_admin_password(StackSettings())
+    assert password is not None, "Keycloak has not been started by the stack runner yet"
+    return password
+
+
+def token_response(
+    username: str,
+    password: str | None = None,
+    realm: str = endpoints.KEYCLOAK_REALM,
+    client_id: str = CLIENT_ID,
+    **extra: str,
+) -> httpx.Response:
+    return httpx.post(
+        f"{KEYCLOAK}/realms/{realm}/protocol/openid-connect/token",
+        data={
+            "grant_type": "password",
+            "client_id": client_id,
+            "username": username,
+            "password": user_password(username) if password is None else password,
+            **extra,
+        },
+        timeout=10.0,
+    )
 
 
 def password_token(
     username: str,
-    password: str = PASSWORD,
+    password: str | None = None,
     realm: str = endpoints.KEYCLOAK_REALM,
     client_id: str = CLIENT_ID,
 ) -> str:
-    response = httpx.post(
-        f"{KEYCLOAK}/realms/{realm}/protocol/openid-connect/token",
-        data={"grant_type": "password", "client_id": client_id, "username": username, "password": password},
-        timeout=10.0,
-    )
+    response = token_response(username, password, realm, client_id)
     response.raise_for_status()
     token: str = response.json()["access_token"]
     return token
 
 
 def admin_headers() -> dict[str, str]:
-    """The master realm's bootstrap admin (admin/admin, made by the stack's Keycloak service)."""
-    return {"Authorization": f"Bearer {password_token('admin', 'admin', 'master', 'admin-cli')}"}
+    """The master realm's administrator (its password kept by the stack's Keycloak service)."""
+    return {"Authorization": f"Bearer {password_token('admin', admin_password(), 'master', 'admin-cli')}"}
 
 
 @contextlib.contextmanager
-def short_lived_client(client_id: str, lifespan_s: int) -> Iterator[str]:
+def throwaway_user(password: str) -> Iterator[str]:
+    """A user of realm `iot` (tenant-a) made for one test and deleted afterwards: lock-outs and
+    failed logins of a test never touch the contract's users."""
+    base = f"{KEYCLOAK}/admin/realms/{endpoints.KEYCLOAK_REALM}/users"
+    username = f"qa-user-{uuid.uuid4().hex[:10]}"
+    body = {
+        "username": username,
+        "enabled": True,
+        "email": f"{username}@tenant-a.example",
+        "emailVerified": True,
+        "firstName": "Test",
+        "lastName": "User",
+        "attributes": {"tenant": ["tenant-a"]},
+        "requiredActions": [],
+        "credentials": [{"type": "password", "value": password, "temporary": False}],
+    }
+    httpx.post(base, json=body, headers=admin_headers(), timeout=10.0).raise_for_status()
+    try:
+        yield username
+    finally:
+        for made in httpx.get(
+            base, params={"username": username, "exact": "true"}, headers=admin_headers()
+        ).json():
+            httpx.delete(f"{base}/{made['id']}", headers=admin_headers(), timeout=10.0)
+
+
+@contextlib.contextmanager
+def short_lived_client(lifespan_s: int, client_id: str = SHORT_LIVED_CLIENT) -> Iterator[str]:
     """A temporary public client of realm `iot` whose access tokens live `lifespan_s` seconds,
-    with the same audience and tenant claims as query-service; deleted afterwards."""
+    with the same audience and tenant claims as query-service; deleted afterwards. An API
+    accepts its tokens only when told to (IOT_KEYCLOAK_ACCEPTED_CLIENTS, accepting_env)."""
     base = f"{KEYCLOAK}/admin/realms/{endpoints.KEYCLOAK_REALM}/clients"
     headers = admin_headers()
     for old in httpx.get(base, params={"clientId": client_id}, headers=headers).json():
@@ -85,6 +146,12 @@ def short_lived_client(client_id: str, lifespan_s: int) -> Iterator[str]:
     finally:
         for made in httpx.get(base, params={"clientId": client_id}, headers=admin_headers()).json():
             httpx.delete(f"{base}/{made['id']}", headers=admin_headers())
+
+
+def accepting_env(*client_ids: str) -> dict[str, str]:
+    """The environment of an API that also accepts access tokens of `client_ids`."""
+    accepted = QueryApiSettings().keycloak_accepted_clients
+    return {"IOT_KEYCLOAK_ACCEPTED_CLIENTS": ",".join([accepted, *client_ids])}
 
 
 def free_port() -> int:

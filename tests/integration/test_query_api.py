@@ -1,7 +1,8 @@
 """The query API against the real Keycloak (realm iot) and Cassandra, the API as a subprocess.
 
 Tokens come from Keycloak itself: password grants of client1/client2/admin1, a client with a
-1-second token lifespan for the expired case, the master realm's admin-cli for the foreign realm.
+3-second token lifespan for the expired case, the master realm's admin-cli for the foreign realm,
+ID and refresh tokens of query-service, access tokens of other clients of the realm.
 """
 
 from __future__ import annotations
@@ -30,12 +31,16 @@ from stack.config import StackSettings
 from storage.config import StorageSettings
 from storage.migrate import migrate
 from tests.integration.query_api_support import (
+    SHORT_LIVED_CLIENT,
+    accepting_env,
+    admin_password,
     insert_windows,
     ms,
     password_token,
     register,
     running_api,
     short_lived_client,
+    token_response,
 )
 
 pytestmark = pytest.mark.integration
@@ -59,7 +64,8 @@ def cql(services: Services) -> Iterator[Session]:
 def api(cql: Session, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     # The registry table must exist before the API prepares its lookup.
     register(cql, "qa-warmup", "tenant-a")
-    with running_api(tmp_path_factory.mktemp("query-api") / "query-api.log") as running:
+    log_file = tmp_path_factory.mktemp("query-api") / "query-api.log"
+    with running_api(log_file, accepting_env(SHORT_LIVED_CLIENT)) as running:
         yield running.base
 
 
@@ -117,7 +123,7 @@ def test_claims_re_signed_with_a_foreign_key(
 
 
 def test_expired_token(api: str, devices: dict[str, str]) -> None:
-    with short_lived_client(f"qa-short-{uuid.uuid4().hex[:6]}", lifespan_s=3) as client_id:
+    with short_lived_client(lifespan_s=3) as client_id:
         token = password_token("client1", client_id=client_id)
         # Valid while fresh (so the refusal below is about expiry, nothing else)...
         fresh = get(api, f"/query/{devices['a']}/1m", token)
@@ -130,8 +136,35 @@ def test_expired_token(api: str, devices: dict[str, str]) -> None:
 
 
 def test_token_of_the_master_realm(api: str, devices: dict[str, str]) -> None:
-    token = password_token("admin", "admin", realm="master", client_id="admin-cli")
+    token = password_token("admin", admin_password(), realm="master", client_id="admin-cli")
     assert_401(get(api, f"/query/{devices['a']}/1m", token))
+
+
+def test_id_token_of_query_service(api: str, devices: dict[str, str]) -> None:
+    # Same signing key, issuer and audience as an access token: only `typ` tells them apart.
+    grant = token_response("client1", scope="openid")
+    assert grant.status_code == 200, grant.text
+    id_token = grant.json()["id_token"]
+    claims = jwt.decode(id_token, options={"verify_signature": False})
+    assert claims["typ"] == "ID" and claims["aud"] == endpoints.KEYCLOAK_CLIENT_ID
+    assert_401(get(api, f"/query/{devices['a']}/1m", id_token), "wrong_token_type")
+    assert_401(get(api, f"/query/{devices['a']}/1m", grant.json()["refresh_token"]))
+    assert get(api, f"/query/{devices['a']}/1m", grant.json()["access_token"]).status_code == 200
+
+
+def test_access_token_of_another_client_of_the_realm(api: str, devices: dict[str, str]) -> None:
+    # Every realm has admin-cli, a public client with password grants and no audience of ours.
+    token = password_token("client1", client_id="admin-cli")
+    assert jwt.decode(token, options={"verify_signature": False})["azp"] == "admin-cli"
+    assert_401(get(api, f"/query/{devices['a']}/1m", token))
+
+
+def test_another_client_given_our_audience_is_still_refused(api: str, devices: dict[str, str]) -> None:
+    with short_lived_client(lifespan_s=300, client_id=f"qa-aud-{uuid.uuid4().hex[:6]}") as client_id:
+        token = password_token("client1", client_id=client_id)
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert endpoints.KEYCLOAK_CLIENT_ID in claims["aud"] and claims["azp"] == client_id
+    assert_401(get(api, f"/query/{devices['a']}/1m", token), "wrong_client")
 
 
 # --- 404 / tenancy ---------------------------------------------------------------------------
@@ -175,6 +208,9 @@ def test_each_tenant_and_the_admin_read_what_they_may(
         ("/query/{a}/1m", {"limit": "100000"}),
         ("/query/{a}/1m", {"metric": "no spaces"}),
         ("/query/{a}/1m", {"cursor": "garbage!"}),
+        ("/query/{a}%0A/1m", {}),
+        ("/query/{a}/1m", {"metric": "temp\n"}),
+        ("/query/{a}/1m", {"from": "1764000000000\n"}),
     ],
 )
 def test_bad_input_is_a_4xx_with_a_json_body(
@@ -187,6 +223,63 @@ def test_bad_input_is_a_4xx_with_a_json_body(
     response = get(api, path.format(a=devices["a"]), tokens["client1"], **params)
     assert response.status_code in (400, 422), response.text
     assert "detail" in response.json()
+
+
+def test_a_device_id_with_a_trailing_newline_is_a_400_json(
+    api: str, cql: Session, tokens: dict[str, str], devices: dict[str, str]
+) -> None:
+    cursor = base64.urlsafe_b64encode(b"1|temp").decode().rstrip("=")
+    for path, params in [
+        ("/query/dev1%0A/1m", {}),
+        (f"/query/{devices['a']}%0A/all", {}),
+        (f"/query/{devices['a']}/1m", {"cursor": cursor + "\n"}),
+    ]:
+        response = get(api, path, tokens["client1"], **params)
+        assert response.status_code == 400, response.text
+        assert response.headers["content-type"] == "application/json"
+        assert response.json()["detail"]
+
+
+# --- bounded caches --------------------------------------------------------------------------
+
+
+def cache_gauges(base: str) -> dict[str, float]:
+    """query_api_cache_entries / _bytes of each cache, as /metrics shows them."""
+    found = {}
+    for line in httpx.get(f"{base}/metrics").text.splitlines():
+        if line.startswith(("query_api_cache_entries{", "query_api_cache_bytes{")):
+            name, value = line.rsplit(" ", 1)
+            found[name] = float(value)
+    return found
+
+
+def test_junk_parameters_do_not_grow_the_caches(
+    api: str, tokens: dict[str, str], devices: dict[str, str]
+) -> None:
+    path = f"/query/{devices['a']}/1h"
+    params = {"from": "2026-01-01T00:00:00Z", "to": "2026-01-02T00:00:00Z"}
+    assert get(api, path, tokens["client1"], **params).status_code == 200
+    before = cache_gauges(api)
+    assert before['query_api_cache_entries{cache="answers"}'] >= 1
+    for n in range(200):
+        junk = {f"junk{n}": "x" * 200, "utm_source": str(n)}
+        assert get(api, path, tokens["client1"], **params, **junk).status_code == 200
+    assert cache_gauges(api) == before
+
+
+def test_the_caches_hold_at_most_their_byte_budget(
+    cql: Session, tokens: dict[str, str], devices: dict[str, str], tmp_path: Any
+) -> None:
+    budget = 20_000
+    env = {"IOT_RESULT_CACHE_BUDGET_BYTES": str(budget)}
+    with running_api(tmp_path / "query-api.log", env) as running:
+        for limit in range(1, 120):
+            response = get(running.base, f"/query/{devices['a']}/1m", tokens["client1"], limit=str(limit))
+            assert response.status_code == 200
+        gauges = cache_gauges(running.base)
+    for cache in ("answers", "reads"):
+        assert 0 < gauges[f'query_api_cache_bytes{{cache="{cache}"}}'] <= budget
+        assert 0 < gauges[f'query_api_cache_entries{{cache="{cache}"}}'] < 119
 
 
 # --- data ------------------------------------------------------------------------------------
