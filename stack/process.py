@@ -133,6 +133,14 @@ def spec_lock(spec: ProcessSpec) -> Iterator[None]:
         yield
 
 
+def exited_unexpectedly(spec: ProcessSpec) -> bool:
+    """Whether the process is gone while its pid file still names it. Asked under the lock, so
+    a stop in progress (which removes the pid file before releasing it) is never mistaken for a
+    crash."""
+    with spec_lock(spec):
+        return recorded_pid(spec) is not None and read_pid(spec) is None
+
+
 def relaunch(spec: ProcessSpec) -> int | None:
     """Start the process again after it exited unexpectedly: its pid file still names a process
     that is gone. None if it was stopped meanwhile (no pid file: leave it stopped); the running

@@ -85,7 +85,7 @@ def exit_reason(siginfo: Any | None) -> str:
     """'exit code N' / 'killed by SIGKILL' from os.waitid's answer; 'unknown' without one (the
     process was not the supervisor's child: its parent collected the status)."""
     if siginfo is None:
-        return "exit status unknown"
+        return "exit status unknown (not the supervisor's child)"
     if siginfo.si_code == os.CLD_EXITED:
         return f"exit code {siginfo.si_status}"
     try:

@@ -110,6 +110,7 @@ class Supervisor:
         self.wake = asyncio.Event()
         self.job_check = asyncio.Event()
         self.job_seen = False
+        self.job_lost = False
 
     # --- watching processes ----------------------------------------------------------------
 
@@ -170,54 +171,64 @@ class Supervisor:
 
     async def _restart(self, target: Target, old_pid: int) -> None:
         name = target.spec.name
-        record = self.state.record(name)
         info = self.exits.pop(name, None) or _collect(old_pid)
+        try:
+            if not await asyncio.to_thread(process.exited_unexpectedly, target.spec):
+                log.info("%s (pid %d) was stopped or restarted by the runner", name, old_pid)
+                return
+            await self._restart_loop(target, old_pid, info)
+        finally:
+            self.restarting.pop(name, None)
+            self.wake.set()
+
+    async def _restart_loop(self, target: Target, old_pid: int, info: Any | None) -> None:
+        name = target.spec.name
+        record = self.state.record(name)
         record.last_exit = exit_reason(info)
         record.last_log = last_log_line(process.log_tail(target.spec.log_file, 8))
         record.last_exit_at = time.time()
         policy = self.policies[name]
-        try:
-            while True:
-                delay = policy.next_delay(time.monotonic(), self.rng)
-                if delay is None:
-                    record.state, record.next_attempt_at = "gave up", None
-                    self.save()
-                    log.error("%s: %d restarts within %.0fs; giving up until `iot up` starts it",
-                              name, policy.max_restarts, policy.window_s)
-                    return
-                record.state, record.next_attempt_at = "restarting", time.time() + delay
+        while True:
+            delay = policy.next_delay(time.monotonic(), self.rng)
+            if delay is None:
+                record.state, record.next_attempt_at = "gave up", None
                 self.save()
-                log.warning("%s (pid %d) exited unexpectedly: %s; last log line %r; restarting in "
-                            "%.1fs", name, old_pid, record.last_exit, record.last_log, delay)
-                await asyncio.sleep(delay)
-                began = time.monotonic()
-                pid = await asyncio.to_thread(process.relaunch, target.spec)
-                if pid is None:
-                    log.info("%s was stopped meanwhile; leaving it stopped", name)
-                    record.state, record.next_attempt_at = "watching", None
-                    self.save()
-                    return
-                problem = await self._ready(target)
-                if problem is None:
-                    record.restarts += 1
-                    record.state, record.next_attempt_at = "watching", None
-                    record.last_restart_at = time.time()
-                    self.watched[name] = pid
-                    self.save()
-                    log.info("restarted %s: pid %d (was %d, %s) ready in %.1fs; restart %d, %d in "
-                             "the last %.0fs", name, pid, old_pid, record.last_exit,
-                             time.monotonic() - began, record.restarts,
-                             policy.attempts_in_window(time.monotonic()), policy.window_s)
-                    if name == JOBMANAGER:
-                        self.job_check.set()  # a new job manager has no job: resubmit it
-                    return
-                old_pid = pid
-                record.last_exit = problem
-                record.last_log = last_log_line(process.log_tail(target.spec.log_file, 8))
-                record.last_exit_at = time.time()
-        finally:
-            self.restarting.pop(name, None)
-            self.wake.set()
+                log.error("%s: %d restarts within %.0fs; giving up until `iot up` starts it",
+                          name, policy.max_restarts, policy.window_s)
+                return
+            record.state, record.next_attempt_at = "restarting", time.time() + delay
+            self.save()
+            log.warning("%s (pid %d) exited unexpectedly: %s; last log line %r; restarting in "
+                        "%.1fs", name, old_pid, record.last_exit, record.last_log, delay)
+            await asyncio.sleep(delay)
+            began = time.monotonic()
+            pid = await asyncio.to_thread(process.relaunch, target.spec)
+            if pid is None:
+                log.info("%s was stopped meanwhile; leaving it stopped", name)
+                record.state, record.next_attempt_at = "watching", None
+                self.save()
+                return
+            problem = await self._ready(target)
+            if problem is None:
+                record.restarts += 1
+                record.state, record.next_attempt_at = "watching", None
+                record.last_restart_at = time.time()
+                self.watched[name] = pid
+                self.save()
+                log.info("restarted %s: pid %d (was %d, %s) ready in %.1fs; restart %d, %d in "
+                         "the last %.0fs", name, pid, old_pid, record.last_exit,
+                         time.monotonic() - began, record.restarts,
+                         policy.attempts_in_window(time.monotonic()), policy.window_s)
+                if name == JOBMANAGER:
+                    # A new job manager has no job: resubmit it, as `iot up` would.
+                    self.job_lost = True
+                    self.job_check.set()
+                return
+            old_pid = pid
+            again = _collect(pid)
+            record.last_exit = f"{exit_reason(again)}: {problem}" if again else problem
+            record.last_log = last_log_line(process.log_tail(target.spec.log_file, 8))
+            record.last_exit_at = time.time()
 
     async def _ready(self, target: Target) -> str | None:
         """None once the service answers (or keeps running unready past the timeout); else why
@@ -280,9 +291,9 @@ class Supervisor:
         if state is None:
             return
         if state != "absent":
-            self.job_seen = True
+            self.job_seen, self.job_lost = True, False
             return
-        if not self.job_seen:
+        if not (self.job_seen or self.job_lost):
             return  # never ran while we watched (started with --skip flink-job): not ours to start
         try:
             await asyncio.to_thread(self.flink.check_ready)
@@ -314,6 +325,7 @@ class Supervisor:
                     latest.path if latest else "no checkpoint")
         code = await self._submit()
         if code == 0:
+            self.job_lost = False
             record.restarts += 1
             record.state, record.next_attempt_at = "watching", None
             record.last_restart_at = time.time()
