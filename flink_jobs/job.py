@@ -97,7 +97,7 @@ def with_state_ttl(plan_json: str, node_type: str, ttl_s: int) -> str:
 def submit(settings: FlinkJobSettings, restore_from: Path | None = None) -> str:
     """Plan the statements and submit them as one job; returns the job id."""
     from pyflink.common import Configuration
-    from pyflink.table import EnvironmentSettings, PlanReference, TableEnvironment
+    from pyflink.table import EnvironmentSettings, PlanReference, TableEnvironment, TableResult
 
     configuration = Configuration()
     for key, value in job_configuration(settings, restore_from).items():
@@ -117,7 +117,11 @@ def submit(settings: FlinkJobSettings, restore_from: Path | None = None) -> str:
         plan = with_state_ttl(
             statements.compile_plan().as_json_string(), "deduplicate", settings.dedup_horizon_s
         )
-        result = t_env.load_plan(PlanReference.from_json_string(plan)).execute()
+        compiled = t_env.load_plan(PlanReference.from_json_string(plan))
+        # pyflink 2.2's CompiledPlan.execute calls _before_execute (which ships pipeline.jars) on
+        # the Java environment instead of the Python one and fails; the same two steps, right.
+        t_env._before_execute()
+        result = TableResult(compiled._j_compiled_plan.execute())
     else:
         result = statements.execute()
     client = result.get_job_client()
