@@ -26,6 +26,7 @@ DELEGATED: dict[str, tuple[str, str, str]] = {
     "migrate": ("storage.migrate", "main", "apply the Cassandra schema"),
     "flink-job": ("flink_jobs.__main__", "main", "submit the aggregation job"),
     "query-api": ("query_api.__main__", "main", "run the query API"),
+    "console": ("console.__main__", "main", "run the web console"),
 }
 
 

@@ -20,6 +20,7 @@ The pipeline is up.
 
   Flink web UI      http://localhost:{settings.flink_rest_port}
   Keycloak          {keycloak}   (admin / {admin_password}, in {keycloak_admin.admin_password_file(settings)})
+  Web console       http://localhost:{settings.console_port}   (client1 / temp, admin1 / temp)
   Query API docs    {api}/docs
   MQTT (mTLS)       localhost:{settings.mqtt_port}   CA {pki}/ca.crt
   Kafka             localhost:{settings.kafka_port}

@@ -22,6 +22,7 @@ _REGISTRY: list[tuple[str, str]] = [
     ("stack.services.apps", "BridgeService"),
     ("stack.services.apps", "QueryApiService"),
     ("stack.services.apps", "EmulatorService"),
+    ("stack.services.console", "ConsoleService"),
     ("stack.services.prometheus", "PrometheusService"),
 ]
 

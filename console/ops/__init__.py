@@ -1,0 +1,1 @@
+"""Operator views' readers: the stack's status, Kafka, the dead letters, Cassandra."""
