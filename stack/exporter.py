@@ -9,7 +9,7 @@
   the operator's certificate (the ACL lets it read $SYS/#) feeds these gauges and counters.
 
 It runs beside Prometheus (stack/services/prometheus.py), as `python -m stack.exporter`, on
-127.0.0.1 only. SIGTERM stops the HTTP server and the MQTT session and exits.
+127.0.0.1 only (IOT_EXPORTER_HOST in containers). SIGTERM stops the HTTP server and the MQTT session and exits.
 """
 
 from __future__ import annotations
@@ -164,7 +164,9 @@ class MosquittoCollector(Collector):
                 yield GaugeMetricFamily(name, help_text, value=values[topic])
 
 
-def _mqtt_client(settings: StackSettings, collector: MosquittoCollector):  # type: ignore[no-untyped-def]
+def _mqtt_client(  # type: ignore[no-untyped-def]
+    settings: StackSettings, obs: ObservabilitySettings, collector: MosquittoCollector
+):
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
@@ -181,7 +183,8 @@ def _mqtt_client(settings: StackSettings, collector: MosquittoCollector):  # typ
             return
         collector.connected = True
         client.subscribe([(topic, 0) for topic in SYS_TOPICS])
-        log.info("subscribed to %d $SYS topics on localhost:%d", len(SYS_TOPICS), settings.mqtt_port)
+        log.info("subscribed to %d $SYS topics on %s:%d", len(SYS_TOPICS), obs.mqtt_host,
+                 settings.mqtt_port)
 
     def on_disconnect(client: mqtt.Client, userdata: object, flags: object, reason: object,
                       properties: object) -> None:
@@ -208,14 +211,14 @@ def registry(settings: StackSettings, mosquitto: MosquittoCollector) -> Collecto
 
 async def run(settings: StackSettings, obs: ObservabilitySettings) -> None:
     mosquitto = MosquittoCollector()
-    server, thread = start_http_server(obs.exporter_port, addr="127.0.0.1",
+    server, thread = start_http_server(obs.exporter_port, addr=obs.exporter_host,
                                        registry=registry(settings, mosquitto))
-    log.info("stack exporter on 127.0.0.1:%d (pki %s, disk %s)", obs.exporter_port,
+    log.info("stack exporter on %s:%d (pki %s, disk %s)", obs.exporter_host, obs.exporter_port,
              settings.pki_dir, settings.stack_dir)
-    client = _mqtt_client(settings, mosquitto)
+    client = _mqtt_client(settings, obs, mosquitto)
     # connect_async + loop_start: the first connection and every reconnect happen on paho's own
     # thread, so a broker that is down at start only delays the $SYS figures.
-    client.connect_async("localhost", settings.mqtt_port, keepalive=30)
+    client.connect_async(obs.mqtt_host, settings.mqtt_port, keepalive=30)
     client.loop_start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

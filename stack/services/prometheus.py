@@ -50,8 +50,11 @@ class ObservabilitySettings(BaseSettings):
     prometheus_scrape_interval: str = "5s"
     prometheus_retention: str = "7d"
     prometheus_retention_size: str = "1GB"
-    # Ports of the exporters (not in the contract; loopback only).
+    # Ports of the exporters (not in the contract; loopback only on the native stack).
+    exporter_host: str = "127.0.0.1"
     exporter_port: int = 9103
+    # The broker whose $SYS the stack exporter reads (IOT_MQTT_HOST, as for the bridge).
+    mqtt_host: str = endpoints.HOST
     kafka_jmx_port: int = 9404
     cassandra_jmx_port: int = 9405
     flink_jobmanager_metrics_port: int = 9249
