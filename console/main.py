@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from urllib.parse import quote
 
 import httpx
@@ -35,6 +36,7 @@ _CSP = (
 def create_app(settings: ConsoleSettings | None = None) -> FastAPI:
     settings = settings or ConsoleSettings()
     templates = Jinja2Templates(directory=PACKAGE_DIR / "templates")
+    templates.env.filters["utc"] = _utc
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -88,6 +90,10 @@ def create_app(settings: ConsoleSettings | None = None) -> FastAPI:
     app.include_router(tenant.router)
     app.include_router(operator.router)
     return app
+
+
+def _utc(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _error_handler(
