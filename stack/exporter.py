@@ -9,11 +9,13 @@
   the operator's certificate (the ACL lets it read $SYS/#) feeds these gauges and counters.
 
 It runs beside Prometheus (stack/services/prometheus.py), as `python -m stack.exporter`, on
-127.0.0.1 only (IOT_EXPORTER_HOST in containers). SIGTERM stops the HTTP server and the MQTT session and exits.
+127.0.0.1 only (IOT_EXPORTER_HOST in containers). SIGTERM stops the HTTP server and the MQTT
+session and exits.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import os
@@ -29,7 +31,7 @@ from prometheus_client.registry import Collector
 
 from gateway import pki
 from stack.config import StackSettings
-from stack.services.prometheus import ObservabilitySettings
+from stack.services.prometheus import EXPORTER_IDENTITY, ObservabilitySettings
 
 log = logging.getLogger("stack.exporter")
 
@@ -170,7 +172,7 @@ def _mqtt_client(  # type: ignore[no-untyped-def]
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
-    identity = pki.operator_identity(settings.pki_dir)
+    identity = exporter_identity(settings.pki_dir)
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"stack-exporter-{os.getpid()}")
     client.tls_set(ca_certs=str(identity.ca), certfile=str(identity.cert),
                    keyfile=str(identity.key), tls_version=ssl.PROTOCOL_TLS_CLIENT)
@@ -199,6 +201,12 @@ def _mqtt_client(  # type: ignore[no-untyped-def]
     client.on_disconnect = on_disconnect
     client.on_message = on_message
     return client
+
+
+def exporter_identity(pki_dir: Path) -> pki.Identity:
+    """The exporter's certificate files; made by the runner's install (or `--issue-identity`)."""
+    stem = pki_dir / "services" / EXPORTER_IDENTITY
+    return pki.Identity(stem.with_suffix(".crt"), stem.with_suffix(".key"), pki.ca_paths(pki_dir)[0])
 
 
 def registry(settings: StackSettings, mosquitto: MosquittoCollector) -> CollectorRegistry:
@@ -236,11 +244,19 @@ async def run(settings: StackSettings, obs: ObservabilitySettings) -> None:
         thread.join(timeout=5)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m stack.exporter", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--issue-identity", action="store_true",
+                        help="create the exporter's MQTT certificate first if missing (containers)")
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("paho").setLevel(logging.WARNING)
-    asyncio.run(run(StackSettings(), ObservabilitySettings()))
+    settings = StackSettings()
+    if args.issue_identity:
+        pki.service_identity(settings.pki_dir, EXPORTER_IDENTITY)
+    asyncio.run(run(settings, ObservabilitySettings()))
 
 
 if __name__ == "__main__":

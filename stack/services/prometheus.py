@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from gateway import endpoints
+from gateway import endpoints, pki
 from stack import artifacts
 from stack.config import REPO_ROOT, StackSettings
 from stack.errors import StackError
@@ -37,6 +37,10 @@ RULES_FILE = OBSERVABILITY / "prometheus" / "alerts.yml"
 JMX_CONFIGS = OBSERVABILITY / "jmx"
 JMX_AGENT_PREFIX = "jmx_prometheus_javaagent-"
 FLINK_REPORTER_PLUGIN = "metrics-prometheus"
+# The stack exporter's MQTT identity. Client ids are forced to the certificate's CN, so sharing the
+# operator's would have every debugging or probe session take its session over. The broker's
+# rules let bridge identities read $SYS; this one never joins the telemetry group.
+EXPORTER_IDENTITY = f"{pki.BRIDGE_PREFIX}stack-exporter"
 
 
 class ObservabilitySettings(BaseSettings):
@@ -222,6 +226,7 @@ class PrometheusService(Service):
 
     def install(self) -> None:
         ensure_installed()
+        pki.service_identity(self.settings.pki_dir, EXPORTER_IDENTITY)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         # JSON is valid YAML: an exact config without a YAML writer.
         config = prometheus_config(self.settings, self.obs)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import importlib.metadata
 import importlib.util
+import json
 import re
 import shlex
 import shutil
@@ -39,6 +40,8 @@ PUBLISHED = {
     "keycloak": endpoints.KEYCLOAK_PORT,
     "jobmanager": endpoints.FLINK_REST_PORT,
     "query-api": endpoints.QUERY_API_PORT,
+    "prometheus": endpoints.PROMETHEUS_PORT,
+    "grafana": 3000,
 }
 ONE_SHOT_RESTART = {"no", "on-failure"}
 
@@ -91,6 +94,7 @@ def test_every_component_of_the_pipeline_is_a_service(services: dict[str, Any]) 
     assert set(services) == {
         "pki-init", "mosquitto", "kafka", "kafka-init", "cassandra", "keycloak", "jobmanager",
         "taskmanager", "flink-job", "writer", "bridge", "query-api", "emulator",
+        "jmx-agent", "stack-exporter", "prometheus", "grafana",
     }
 
 
@@ -188,7 +192,8 @@ def test_images_are_pinned_to_a_version(services: dict[str, Any]) -> None:
     for name, service in services.items():
         image = service["image"]
         tag = _tag(image)
-        assert tag and tag != "latest" and re.match(r"\d+\.\d+", tag), f"{name}: {image}"
+        # Prometheus tags its images with a leading `v`.
+        assert tag and tag != "latest" and re.match(r"v?\d+\.\d+", tag), f"{name}: {image}"
     for dockerfile in ("Dockerfile", "Dockerfile.flink"):
         for line in (DOCKER / dockerfile).read_text().splitlines():
             if line.startswith("FROM ") and "${" not in line:
@@ -220,7 +225,7 @@ def test_built_images_use_the_project_dockerfiles(services: dict[str, Any]) -> N
     ours = {name: s for name, s in services.items() if "build" in s}
     assert set(ours) == {
         "pki-init", "jobmanager", "taskmanager", "flink-job", "writer", "bridge", "query-api",
-        "emulator", "mosquitto",
+        "emulator", "mosquitto", "jmx-agent", "stack-exporter",
     }
     for name, service in ours.items():
         build = service["build"]
@@ -331,8 +336,9 @@ def test_flink_configuration_mirrors_the_native_cluster(services: dict[str, Any]
     props = _flink_properties(services, "jobmanager")
     assert props == _flink_properties(services, "taskmanager")
     # Addresses and paths differ by construction; everything else is the native value.
+    # The reporter's port: one per container here, one per daemon natively (-D on each command line).
     local = {"jobmanager.rpc.address", "execution.checkpointing.dir",
-             "execution.checkpointing.savepoint-dir"}
+             "execution.checkpointing.savepoint-dir", "metrics.reporter.prom.port"}
     for key, value in props.items():
         if key not in local:
             assert key in native and native[key] == value, key
@@ -377,10 +383,11 @@ def _settings_classes() -> list[type[BaseSettings]]:
     from flink_jobs.config import FlinkJobSettings
     from gateway.cli import CertsSettings
     from query_api.config import QueryApiSettings
+    from stack.services.prometheus import ObservabilitySettings
     from storage.config import StorageSettings
 
     return [BridgeSettings, EmulatorSettings, FlinkJobSettings, CertsSettings, QueryApiSettings,
-            StorageSettings]
+            StorageSettings, ObservabilitySettings]
 
 
 def _known_variables() -> set[str]:
@@ -402,7 +409,7 @@ def test_iot_variables_exist_and_point_at_services(services: dict[str, Any]) -> 
                 continue
             assert key in known, f"{name}: {key} is read by no settings class"
             if key.endswith(("_HOST", "_HOSTS", "_URL", "_BOOTSTRAP")) and key not in {
-                "IOT_QUERY_API_HOST",  # a listen address, not a peer
+                "IOT_QUERY_API_HOST", "IOT_EXPORTER_HOST",  # listen addresses, not peers
             }:
                 host = re.sub(r"^\w+://", "", value).split(":")[0].split("/")[0]
                 assert host in services, f"{name}: {key}={value} is no compose service"
@@ -527,6 +534,99 @@ def test_healthcheck_http_and_usage(tmp_path: Path) -> None:
     proc_net.mkdir()
     (proc_net / "tcp").write_text("header\n")
     assert module.has_peer(8883, proc_net) is False
+
+
+# --- observability: Prometheus, Grafana, the exporters ---------------------------------------------
+
+
+def _mounts(service: dict[str, Any]) -> dict[str, str]:
+    """container path -> host path (resolved) of the service's bind mounts."""
+    result = {}
+    for volume in service.get("volumes", []):
+        source, target = str(volume).split(":")[:2]
+        if source.startswith((".", "/")):
+            result[target] = str((DOCKER / source).resolve())
+    return result
+
+
+def test_prometheus_scrapes_what_the_native_one_scrapes(services: dict[str, Any]) -> None:
+    from stack.services import prometheus
+
+    mounts = _mounts(services["prometheus"])
+    config = yaml.safe_load(Path(mounts["/etc/prometheus/prometheus.yml"]).read_text())
+    assert Path(mounts["/etc/prometheus/alerts.yml"]) == prometheus.RULES_FILE
+    assert config["rule_files"] == ["/etc/prometheus/alerts.yml"]
+    obs = prometheus.ObservabilitySettings()
+    native = prometheus.scrape_targets(StackSettings(), obs)
+    jobs = {c["job_name"]: c["static_configs"][0]["targets"][0] for c in config["scrape_configs"]}
+    # The web console is not part of the compose stack.
+    assert set(jobs) == set(native) - {"console"}
+    for job, target in jobs.items():
+        host = target.split(":")[0]
+        assert host in services or host == "localhost", f"{job}: {target}"
+    assert config["global"]["scrape_interval"] == obs.prometheus_scrape_interval
+
+
+def test_grafana_is_provisioned_with_the_dashboards_and_the_prometheus(
+    services: dict[str, Any],
+) -> None:
+    mounts = _mounts(services["grafana"])
+    provisioning = Path(mounts["/etc/grafana/provisioning"])
+    dashboards = Path(mounts["/var/lib/grafana/dashboards"])
+    source = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())
+    datasource = source["datasources"][0]
+    assert datasource["url"] == f"http://prometheus:{endpoints.PROMETHEUS_PORT}"
+    provider = yaml.safe_load((provisioning / "dashboards" / "iot-pipeline.yml").read_text())
+    assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
+    files = sorted(dashboards.glob("*.json"))
+    # An overview and one per stage.
+    assert {f.stem for f in files} >= {"iot-overview", "iot-edge-bridge", "iot-kafka", "iot-flink",
+                                       "iot-storage", "iot-query-api"}
+    uids = set()
+    for path in files:
+        board = json.loads(path.read_text())
+        assert board["uid"] == path.stem and board["uid"] not in uids
+        uids.add(board["uid"])
+        assert board["panels"], path.name
+        for panel in board["panels"]:
+            assert panel["datasource"]["uid"] == datasource["uid"], f"{path.name}: {panel['title']}"
+            assert panel["targets"] and all(t["expr"] for t in panel["targets"]), panel["title"]
+    home = _env(services["grafana"])["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home == "/var/lib/grafana/dashboards/iot-overview.json"
+
+
+def test_kafka_and_cassandra_load_the_jmx_agent_with_the_native_rules(
+    services: dict[str, Any],
+) -> None:
+    from stack.services import prometheus
+
+    obs = prometheus.ObservabilitySettings()
+    agent = re.search(r"ARG JMX_EXPORTER_VERSION=(\S+)", (DOCKER / "Dockerfile").read_text())
+    assert agent and agent.group(1) == _pom_version("prometheus", "jmx.exporter.version")
+    for name, variable, port in (("kafka", "KAFKA_OPTS", obs.kafka_jmx_port),
+                                 ("cassandra", "JVM_EXTRA_OPTS", obs.cassandra_jmx_port)):
+        service = services[name]
+        option = next(o for o in _env(service)[variable].split() if o.startswith("-javaagent:"))
+        jar, rest = option.removeprefix("-javaagent:").split("=", 1)
+        agent_port, rules = rest.split(":", 1)
+        assert int(agent_port) == port, name
+        mounts = _mounts(service)
+        rules_dir = next(target for target in mounts if rules.startswith(target + "/"))
+        assert Path(mounts[rules_dir]) == prometheus.JMX_CONFIGS
+        assert (prometheus.JMX_CONFIGS / Path(rules).name).is_file()
+        agent_mounts = [str(v).split(":")[1] for v in service["volumes"]
+                        if str(v).startswith("jmx-agent:")]
+        assert agent_mounts and jar.startswith(agent_mounts[0] + "/"), name
+        assert _depends(service).get("jmx-agent") == "service_completed_successfully"
+
+
+def test_flink_reports_to_prometheus(services: dict[str, Any]) -> None:
+    from stack.services import prometheus
+
+    props = _flink_properties(services, "taskmanager")
+    for key, value in prometheus.flink_reporter_config().items():
+        assert props[key] == value
+    assert props["metrics.reporter.prom.port"] == "9249"
 
 
 # --- the real linter, when it is installed --------------------------------------------------------
