@@ -565,6 +565,9 @@ def test_prometheus_scrapes_what_the_native_one_scrapes(services: dict[str, Any]
         host = target.split(":")[0]
         assert host in services or host == "localhost", f"{job}: {target}"
     assert config["global"]["scrape_interval"] == obs.prometheus_scrape_interval
+    jvm = {c["job_name"]: c.get("scrape_interval") for c in config["scrape_configs"]}
+    for job in prometheus.JVM_JOBS:
+        assert jvm[job] == obs.prometheus_jvm_scrape_interval, job
 
 
 def test_grafana_is_provisioned_with_the_dashboards_and_the_prometheus(

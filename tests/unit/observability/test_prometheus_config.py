@@ -27,6 +27,10 @@ def test_every_component_is_scraped_every_5_to_10_seconds(tmp_path: Path) -> Non
     obs = prometheus.ObservabilitySettings()
     config = prometheus.prometheus_config(settings, obs)
     assert 5 <= _seconds(config["global"]["scrape_interval"]) <= 10
+    for job in config["scrape_configs"]:
+        assert 5 <= _seconds(job.get("scrape_interval", config["global"]["scrape_interval"])) <= 10
+    jvm = {c["job_name"] for c in config["scrape_configs"] if "scrape_interval" in c}
+    assert jvm == prometheus.JVM_JOBS
     jobs = {c["job_name"]: c["static_configs"][0]["targets"][0] for c in config["scrape_configs"]}
     assert {"bridge", "writer", "query-api", "stack-exporter", "kafka", "cassandra",
             "flink-jobmanager", "flink-taskmanager", "prometheus"} <= set(jobs)
