@@ -95,7 +95,8 @@ def test_guessed_passwords_lock_the_account_for_a_while(token_url: str) -> None:
         ).json()
         detection = f"{endpoints.KEYCLOAK_URL}/admin/realms/{endpoints.KEYCLOAK_REALM}/attack-detection"
         status = httpx.get(f"{detection}/brute-force/users/{user['id']}", headers=admin_headers()).json()
-        assert status["disabled"] is True and status["numFailures"] >= realm["failureFactor"]
+        # Guesses faster than quickLoginCheckMilliSeconds lock it before failureFactor is reached.
+        assert status["disabled"] is True and status["numFailures"] >= 1
         # A while, not forever: the administrator (or the wait) lifts it.
         httpx.delete(
             f"{detection}/brute-force/users/{user['id']}", headers=admin_headers()
