@@ -1,4 +1,5 @@
-"""The MQTT edge against the real Mosquitto: mTLS identity, per-device ACL, CRL, the emulator."""
+"""The MQTT edge against the real Mosquitto: mTLS identity, access rules (mosquitto/iot_edge.c),
+client id = identity, CRL and revocation, the emulator."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -25,6 +27,12 @@ from gateway import pki, topics
 from gateway.contract import InvalidTelemetry, parse_telemetry
 from stack.config import StackSettings
 from stack.services.mosquitto import reload
+from tests.integration.broker_harness import (
+    group_subscription,
+    open_telemetry_gate,
+    paho_client,
+    subscribe_codes,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -34,6 +42,7 @@ Services = Callable[..., AbstractContextManager[StackSettings]]
 @pytest.fixture(scope="session")
 def mqtt_settings(services: Services) -> Iterator[StackSettings]:
     with services({"mosquitto"}) as settings:
+        open_telemetry_gate(settings)  # no bridge may be running: devices' telemetry is let in
         yield settings
 
 
@@ -200,14 +209,33 @@ def test_device_may_publish_only_as_itself(mqtt_settings: StackSettings,
     assert mine == [topics.telemetry_topic(f"{prefix}-a")]
 
 
-def test_device_may_read_nothing(mqtt_settings: StackSettings,
-                                 operator: Callable[[str], Collector], prefix: str) -> None:
-    # Mosquitto 2.0 grants the SUBACK; its ACL filters every delivery to the device instead.
+@pytest.mark.parametrize("filter_", [
+    topics.MQTT_BRIDGE_SUBSCRIPTION,  # the bridge's own group: joining it would starve the bridge
+    group_subscription("mine"),
+    topics.MQTT_TELEMETRY_FILTER,
+    topics.MQTT_OPERATOR_FILTER,
+    "#",
+    "$SYS/#",
+    "$share/bridge/#",
+    "devices/{own}/telemetry",
+])
+def test_device_may_subscribe_to_nothing(mqtt_settings: StackSettings, prefix: str,
+                                         filter_: str) -> None:
+    """Mosquitto 2.0's acl_file granted every SUBSCRIBE; the plugin refuses them with 0x87."""
+    device = pki.issue_device(mqtt_settings.pki_dir, f"{prefix}-sub")
+    codes = subscribe_codes(mqtt_settings, device, [filter_.format(own=f"{prefix}-sub")])
+    assert codes == [0x87], codes
+
+
+def test_device_reads_nothing_even_with_a_refused_subscription(
+    mqtt_settings: StackSettings, operator: Callable[[str], Collector], prefix: str
+) -> None:
     reader = pki.issue_device(mqtt_settings.pki_dir, f"{prefix}-reader")
     writer = pki.issue_device(mqtt_settings.pki_dir, f"{prefix}-writer")
     collector = Collector(mqtt_settings, reader, topics.MQTT_OPERATOR_FILTER)
     watcher = operator(topics.MQTT_OPERATOR_FILTER)
     try:
+        assert [code.value for code in collector.suback] == [0x87]
         for topic, identity in ((f"{prefix}-writer", writer), (f"{prefix}-reader", reader)):
             publish_v5(mqtt_settings, identity, topics.telemetry_topic(topic), b"{}")
         assert watcher.wait_for(2) >= 2
@@ -217,11 +245,11 @@ def test_device_may_read_nothing(mqtt_settings: StackSettings,
         collector.close()
 
 
-def test_bridge_identity_reads_the_shared_subscription(
+def test_bridge_identity_joins_a_telemetry_group_and_nothing_else(
     mqtt_settings: StackSettings, prefix: str
 ) -> None:
-    bridge = Collector(mqtt_settings, pki.service_identity(mqtt_settings.pki_dir),
-                       topics.MQTT_BRIDGE_SUBSCRIPTION)
+    identity = pki.service_identity(mqtt_settings.pki_dir, f"{pki.BRIDGE_PREFIX}test-{prefix}")
+    bridge = Collector(mqtt_settings, identity, group_subscription(f"test-{prefix}"))
     try:
         assert not any(code.is_failure for code in bridge.suback), bridge.suback
         device = pki.issue_device(mqtt_settings.pki_dir, f"{prefix}-s")
@@ -229,6 +257,117 @@ def test_bridge_identity_reads_the_shared_subscription(
         assert bridge.wait_for(1) >= 1
     finally:
         bridge.close()
+    refused = ["#", topics.MQTT_OPERATOR_FILTER, "$share/x/#", "$share/+/devices/+/telemetry",
+               f"$share/test-{prefix}/devices/#"]
+    assert subscribe_codes(mqtt_settings, identity, refused) == [0x87] * len(refused)
+    # Neither the probe nor another service identity may read telemetry.
+    probe = pki.probe_identity(mqtt_settings.pki_dir)
+    assert subscribe_codes(mqtt_settings, probe, [topics.MQTT_BRIDGE_SUBSCRIPTION,
+                                                  "$SYS/broker/uptime"]) == [0x87, 1]
+    other = pki.service_identity(mqtt_settings.pki_dir, "svc-other")
+    assert subscribe_codes(mqtt_settings, other, [topics.MQTT_BRIDGE_SUBSCRIPTION]) == [0x87]
+
+
+def _persistent_session(settings: StackSettings, identity: pki.Identity, filter_: str) -> None:
+    """Create (or resume) a persistent MQTT 5 session subscribed to filter_, then leave it."""
+    client = paho_client(identity, "ignored-the-broker-uses-the-identity")
+    done = threading.Event()
+    client.on_subscribe = lambda c, u, m, rcs, p: done.set()
+    client.on_connect = lambda c, u, f, rc, p: c.subscribe(filter_, qos=1)
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = 600
+    client.connect("localhost", settings.mqtt_port, clean_start=False, properties=props)
+    client.loop_start()
+    try:
+        assert done.wait(10), "no SUBACK"
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def _resume(settings: StackSettings, identity: pki.Identity, topic: str, expect: int
+            ) -> tuple[bool, list[bytes]]:
+    """(session present, messages of `topic` received) when the identity's session is resumed."""
+    client = paho_client(identity, "")
+    present: list[bool] = []
+    got: list[bytes] = []
+    client.on_connect = lambda c, u, f, rc, p: present.append(bool(f.session_present))
+    client.on_message = lambda c, u, m: got.append(bytes(m.payload)) if m.topic == topic else None
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = 0  # the test's session ends with this connection
+    client.connect("localhost", settings.mqtt_port, clean_start=False, properties=props)
+    client.loop_start()
+    deadline = time.monotonic() + 10
+    while len(got) < expect and time.monotonic() < deadline:
+        time.sleep(0.05)
+    client.disconnect()
+    client.loop_stop()
+    return (present[0] if present else False), got
+
+
+@pytest.mark.parametrize("victim", ["bridge", "operator"])
+def test_no_client_id_takes_over_another_identity_s_session(
+    mqtt_settings: StackSettings, prefix: str, victim: str
+) -> None:
+    """A device connecting with the client id of the bridge (or the operator) used to resume and
+    wipe that session, queued readings and all; the client id is now the certificate's name."""
+    pki_dir = mqtt_settings.pki_dir
+    if victim == "bridge":
+        identity = pki.service_identity(pki_dir, f"{pki.BRIDGE_PREFIX}test-{prefix}")
+        filter_ = group_subscription(f"test-{prefix}")
+    else:
+        identity = pki.operator_identity(pki_dir)
+        filter_ = f"devices/{prefix}-dev/telemetry"
+    victim_id = pki.common_name(identity.cert)
+    _persistent_session(mqtt_settings, identity, filter_)
+    device = pki.issue_device(pki_dir, f"{prefix}-dev")
+    for i in range(5):
+        rc = publish_v5(mqtt_settings, device, topics.telemetry_topic(f"{prefix}-dev"), b"%d" % i)
+        assert isinstance(rc, ReasonCode) and not rc.is_failure, rc
+    # The attack: the victim's client id, a clean start (which would discard that session).
+    thief = paho_client(device, victim_id)
+    stolen: list[bytes] = []
+    thief.on_message = lambda c, u, m: stolen.append(bytes(m.payload))  # the thief may read none
+    thief.connect("localhost", mqtt_settings.mqtt_port, clean_start=True)
+    thief.loop_start()
+    time.sleep(1.0)
+    thief.disconnect()
+    thief.loop_stop()
+    present, got = _resume(mqtt_settings, identity, topics.telemetry_topic(f"{prefix}-dev"), 5)
+    assert stolen == []
+    assert present, f"{victim_id}'s session was taken over"
+    assert sorted(got) == [b"%d" % i for i in range(5)]
+
+
+def test_revoking_a_device_closes_its_open_connection(mqtt_settings: StackSettings,
+                                                      prefix: str) -> None:
+    identity = pki.issue_device(mqtt_settings.pki_dir, f"{prefix}-live")
+    bystander = pki.issue_device(mqtt_settings.pki_dir, f"{prefix}-bystander")
+    dropped: dict[str, threading.Event] = {}
+    clients = []
+    for name, ident in (("live", identity), ("bystander", bystander)):
+        client = paho_client(ident, "")
+        dropped[name] = threading.Event()
+        connected = threading.Event()
+        client.on_connect = lambda c, u, f, rc, p, ev=connected: ev.set()
+        client.on_disconnect = lambda c, u, f, rc, p, ev=dropped[name]: ev.set()
+        client.connect("localhost", mqtt_settings.mqtt_port, keepalive=60)
+        client.loop_start()
+        assert connected.wait(10)
+        clients.append(client)
+    try:
+        pki.revoke_certificate(mqtt_settings.pki_dir, identity.cert)
+        started = time.monotonic()
+        assert reload(mqtt_settings), "the test needs the broker's pid to reload"
+        assert dropped["live"].wait(5), "the revoked device is still connected"
+        assert time.monotonic() - started < 5
+        assert not dropped["bystander"].is_set()
+        clients[0].loop_stop()  # no reconnect: the CRL refuses it
+        assert connack_code(mqtt_settings, identity) is None
+    finally:
+        for client in clients:
+            client.disconnect()
+            client.loop_stop()
 
 
 def test_emulator_fleet_is_acknowledged_and_seen_by_the_operator(
