@@ -79,6 +79,15 @@ class Target:
     spec: ProcessSpec
 
 
+async def _wait(event: asyncio.Event, timeout_s: float) -> None:
+    """Until the event is set or the timeout passes. asyncio.timeout, not wait_for: Python 3.11's
+    wait_for can swallow a cancellation that races the event, and the supervisor would then
+    never stop on SIGTERM (seen in the unit tests)."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout_s):
+            await event.wait()
+
+
 def _collect(pid: int, pidfd: int | None = None) -> Any | None:
     """The exit status of a child of ours (the processes we restarted), or None."""
     try:
@@ -118,8 +127,7 @@ class Supervisor:
         while True:
             self.wake.clear()
             await self.scan()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), self.settings.scan_interval_s)
+            await _wait(self.wake, self.settings.scan_interval_s)
 
     async def scan(self) -> None:
         for name, target in self.targets.items():
@@ -264,8 +272,7 @@ class Supervisor:
                 await self._check_job()
             except Exception:
                 log.exception("checking the Flink job failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.job_check.wait(), self.settings.job_check_interval_s)
+            await _wait(self.job_check, self.settings.job_check_interval_s)
 
     def _job_state(self) -> str | None:
         """The job's state, 'absent', or None when the cluster cannot tell (down, restarting)."""
@@ -356,7 +363,8 @@ class Supervisor:
             child = await asyncio.create_subprocess_exec(
                 *argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
             try:
-                return await asyncio.wait_for(child.wait(), 300)
+                async with asyncio.timeout(300):
+                    return await child.wait()
             except BaseException:
                 with contextlib.suppress(ProcessLookupError):
                     child.kill()

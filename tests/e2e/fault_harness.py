@@ -58,7 +58,11 @@ class Device:
     def __init__(self, stack: StackSettings, device_id: str, identity: pki.Identity) -> None:
         self.device_id = device_id
         self.seq = 0
-        self.infos: list[mqtt.MQTTMessageInfo] = []
+        self.published = 0
+        # PUBACKs received. Counted in on_publish: a MessageInfo of a message published while
+        # disconnected raises in is_published() although paho keeps and later sends it.
+        self.acked = 0
+        self._lock = threading.Lock()
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device_id, clean_session=False,
                              protocol=mqtt.MQTTv311)
         client.tls_set(ca_certs=str(stack.pki_dir / "ca.crt"), certfile=str(identity.cert),
@@ -66,6 +70,7 @@ class Device:
         client.max_inflight_messages_set(1000)
         client.max_queued_messages_set(0)  # unbounded: nothing is dropped while disconnected
         client.reconnect_delay_set(min_delay=1, max_delay=4)
+        client.on_publish = self._on_publish
         client.connect_async(endpoints.HOST, stack.mqtt_port, keepalive=20)
         client.loop_start()
         self.client = client
@@ -73,11 +78,18 @@ class Device:
     def publish(self, ts: int, value: float) -> OracleReading:
         self.seq += 1
         payload = telemetry_payload(ts, {METRIC: value}, seq=self.seq)
-        self.infos.append(self.client.publish(topics.telemetry_topic(self.device_id), payload, qos=1))
+        self.client.publish(topics.telemetry_topic(self.device_id), payload, qos=1)
+        self.published += 1
         return OracleReading(self.device_id, ts, {METRIC: value})
 
+    def _on_publish(self, client: mqtt.Client, userdata: object, mid: int, reason: object,
+                    properties: object) -> None:
+        with self._lock:
+            self.acked += 1
+
     def unacknowledged(self) -> int:
-        return sum(not info.is_published() for info in self.infos)
+        with self._lock:
+            return self.published - self.acked
 
     def close(self) -> None:
         self.client.disconnect()
