@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -17,6 +18,7 @@ from fastapi.templating import Jinja2Templates
 
 from console.config import PACKAGE_DIR, ConsoleSettings
 from console.errors import ConsoleError, SignedOut
+from console.observability import ConsoleMetrics
 from console.oidc import KeycloakClient
 from console.ops.service import Operations
 from console.query_client import QueryApi
@@ -46,12 +48,15 @@ def create_app(settings: ConsoleSettings | None = None) -> FastAPI:
             limits=httpx.Limits(max_connections=50, max_keepalive_connections=20),
         ) as http:
             ops = Operations(settings)
+            sessions = SessionStore(settings.session_max, settings.session_idle_s)
+            metrics.watch_sessions(lambda: len(sessions))
             app.state.console = ConsoleState(
                 settings=settings,
                 http=http,
                 keycloak=KeycloakClient(settings, http),
                 query_api=QueryApi(settings.query_api_url, http),
-                sessions=SessionStore(settings.session_max, settings.session_idle_s),
+                sessions=sessions,
+                metrics=metrics,
                 pending=PendingLogins(settings.login_pending_max, settings.login_pending_s),
                 templates=templates,
                 ops=ops,
@@ -64,13 +69,22 @@ def create_app(settings: ConsoleSettings | None = None) -> FastAPI:
                 log.info("console stopped")
 
     app = FastAPI(title="IoT console", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    metrics = ConsoleMetrics()
     csp = _CSP.format(keycloak=settings.public_realm_url.split("/realms/")[0])
 
     @app.middleware("http")
     async def security_headers(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
+        started = time.perf_counter()
         response = await call_next(request)
+        # The route template, never the raw path: device ids must not become label values.
+        route = request.scope.get("route")
+        view = getattr(route, "path", None) or (
+            "static" if request.url.path.startswith(("/static/", "/vendor/")) else "unmatched"
+        )
+        metrics.requests.labels(view, str(response.status_code)).inc()
+        metrics.latency.labels(view).observe(time.perf_counter() - started)
         response.headers.setdefault("Content-Security-Policy", csp)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("X-Frame-Options", "DENY")
@@ -107,7 +121,12 @@ def _error_handler(
             return JSONResponse(
                 {"detail": exc.detail, "signedOut": isinstance(exc, SignedOut)}, status_code=exc.status
             )
-        if isinstance(exc, SignedOut) and request.method == "GET":
+        # A failed sign-in itself is shown, not retried: that could loop through Keycloak.
+        if (
+            isinstance(exc, SignedOut)
+            and request.method == "GET"
+            and not request.url.path.startswith("/auth/")
+        ):
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
             return RedirectResponse(f"/login?next={quote(target, safe='')}", status_code=303)
         # The page keeps its navigation when the browser is still signed in.

@@ -37,7 +37,7 @@ def pkce_pair() -> tuple[str, str]:
 
 def safe_next(path: str | None) -> str:
     """Only a local path may be returned to after sign-in (no open redirect)."""
-    if not path or not path.startswith("/") or path.startswith("//") or "\\" in path:
+    if not path or not path.startswith("/") or path.startswith(("//", "/auth/")) or "\\" in path:
         return "/devices"
     return path[:500]
 

@@ -8,6 +8,7 @@ import httpx
 from fastapi.templating import Jinja2Templates
 
 from console.config import ConsoleSettings
+from console.observability import ConsoleMetrics
 from console.oidc import KeycloakClient
 from console.ops.service import Operations
 from console.query_client import QueryApi
@@ -24,3 +25,4 @@ class ConsoleState:
     pending: PendingLogins
     templates: Jinja2Templates
     ops: Operations
+    metrics: ConsoleMetrics

@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Form, Query, Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from console.deps import StateDep
 from console.errors import BadInput, SignedOut
@@ -64,12 +65,18 @@ async def callback(
 ) -> Response:
     pending = state.pending.pop(request.cookies.get(COOKIE_NAME))
     if error:
+        state.metrics.sign_ins.labels("refused").inc()
         raise SignedOut(f"Keycloak did not sign you in: {error}")
     if pending is None:
         raise SignedOut("this sign-in was not started here or took too long; sign in again")
     if not code or not state_param or not hmac.compare_digest(state_param, pending.state):
         raise BadInput("the sign-in answer does not match the sign-in that was started")
-    session = await state.keycloak.finish_login(pending, code)
+    try:
+        session = await state.keycloak.finish_login(pending, code)
+    except SignedOut:
+        state.metrics.sign_ins.labels("refused").inc()
+        raise
+    state.metrics.sign_ins.labels("ok").inc()
     log.info("signed in: %s (tenant %s, admin %s)", session.username, session.tenant, session.is_admin)
     response = RedirectResponse(pending.next_path, status_code=303)
     _set_cookie(response, state, state.sessions.put(session))
@@ -87,10 +94,16 @@ async def logout(
             raise BadInput("sign-out form out of date; reload the page")
         state.sessions.pop(sid)
         await state.keycloak.end_session(session)
+        state.metrics.sign_outs.inc()
         log.info("signed out: %s", session.username)
     response = RedirectResponse("/signed-out", status_code=303)
     response.delete_cookie(COOKIE_NAME, path="/", httponly=True, samesite="lax")
     return response
+
+
+@router.get("/metrics")
+async def metrics(state: StateDep) -> Response:
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/health")

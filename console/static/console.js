@@ -9,7 +9,9 @@
   const status = document.getElementById("status");
   const charts = document.getElementById("charts");
   const REFRESH_MS = 15000;
-  let range = "1h";
+  // ?range=1d opens the page on another range (links, bookmarks, the benchmark).
+  const asked = new URLSearchParams(location.search).get("range");
+  let range = ["1h", "1d", "1w"].includes(asked) ? asked : "1h";
   let custom = null;
   let plots = {};
   let timer = null;
@@ -176,5 +178,6 @@
     for (const plot of Object.values(plots)) plot.setSize({ width, height: 220 });
   });
 
+  for (const b of document.querySelectorAll("#ranges button")) b.classList.toggle("active", b.dataset.range === range);
   start();
 })();
