@@ -75,6 +75,6 @@ def test_a_crash_loses_nothing_and_counts_nothing_twice(stack: StackSettings, na
     duplicates = sum(n - 1 for n in copies.values()) if copies is not None else None
     harness.record(stack, name, duplicates_in_kafka=duplicates, **asdict(outcome))
     if copies is not None:
-        distinct = {(r.device_id, r.ts) for r in run.sent}
-        assert len(copies) == len(distinct), "readings missing from Kafka"
+        # Every reading is distinct by (device, seq); two of one device may share a ts.
+        assert len(copies) == len(run.sent), "readings missing from Kafka"
         assert duplicates, "no reading reached Kafka twice: the bridge kill did not exercise redelivery"
