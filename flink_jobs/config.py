@@ -47,3 +47,7 @@ class FlinkJobSettings(BaseSettings):
     # readings/s for an hour, which the heap could not hold) and checkpoints it incrementally;
     # 'hashmap' is Flink's heap backend.
     state_backend: Literal["rocksdb", "hashmap"] = "rocksdb"
+    # 'readings': the all-time rollup takes every reading as it arrives; 'windows': it takes the
+    # closed 1-minute windows plus the late readings (far fewer state accesses; the row moves as
+    # minutes close, which the bridge's heartbeats guarantee when the fleet goes quiet).
+    all_time_from: Literal["readings", "windows"] = "readings"

@@ -70,7 +70,7 @@ def statements(settings: FlinkJobSettings) -> list[str]:
     """Every statement of the job, in order: its identity for checkpoint compatibility."""
     views = [f"VIEW {name} AS {query}" for name, query in sql.views(dedup=settings.dedup)]
     ttl = [f"STATE TTL deduplicate {settings.dedup_horizon_s} s"] if settings.dedup else []
-    return [sql.source_ddl(settings), *sql.sink_ddls(settings), *views, *sql.INSERTS, *ttl]
+    return [sql.source_ddl(settings), *sql.sink_ddls(settings), *views, *sql.inserts(settings), *ttl]
 
 
 def register_views(t_env: TableEnvironment, source: str = "readings", dedup: bool = True) -> None:
@@ -110,7 +110,7 @@ def submit(settings: FlinkJobSettings, restore_from: Path | None = None) -> str:
         t_env.execute_sql(statement)  # DDL only: nothing runs until the statement set executes
     register_views(t_env, dedup=settings.dedup)
     statements = t_env.create_statement_set()
-    for insert in sql.INSERTS:
+    for insert in sql.inserts(settings):
         statements.add_insert_sql(insert)
     if settings.dedup:
         # Through a compiled plan: the one place Flink takes a TTL per operator (FLIP-292).

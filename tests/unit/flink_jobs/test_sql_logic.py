@@ -92,10 +92,12 @@ def test_hour_windows_cascade_from_minutes(t_env: Any) -> None:
         assert close_enough(total, want.sum)
 
 
-def test_all_time_rollup(t_env: Any) -> None:
+@pytest.mark.parametrize("insert", [sql.INSERT_ALL, sql.INSERT_ALL_FROM_WINDOWS],
+                         ids=["per-reading", "from-windows"])
+def test_all_time_rollup(t_env: Any, insert: str) -> None:
     _, _, all_time = expected(_readings())
     final: dict[tuple[str, str], Any] = {}
-    for row in _rows(t_env, sql.INSERT_ALL):
+    for row in _rows(t_env, insert):
         if row.get_row_kind().name in ("INSERT", "UPDATE_AFTER"):
             final[(row[0], row[1])] = row
     assert final.keys() == all_time.keys()
