@@ -166,7 +166,8 @@ def describe_record(record: ProcessRecord, now: float) -> str:
         return ""
     parts = [f"restarts {record.restarts}"]
     if record.last_exit:
-        when = time.strftime("%H:%M:%SZ", time.gmtime(record.last_exit_at or now))
+        at = now if record.last_exit_at is None else record.last_exit_at
+        when = time.strftime("%H:%M:%SZ", time.gmtime(at))
         parts.append(f"last exit {when}: {record.last_exit}")
         if record.last_log:
             parts.append(f"log: {record.last_log!r}")

@@ -170,7 +170,7 @@ def test_a_crl_about_to_expire_is_renewed(stack: StackSettings) -> None:
     assert not supervisor.check_crl()  # fresh: nothing to do
     _crl_expiring_in(stack.pki_dir, dt.timedelta(days=3))
     assert supervisor.check_crl()
-    this_update, next_update = pki.crl_dates(stack.pki_dir)
+    _, next_update = pki.crl_dates(stack.pki_dir)
     assert next_update is not None and next_update - dt.datetime.now(dt.UTC) > dt.timedelta(days=29)
     record = supervisor.state.crl
     assert record.next_update == next_update.timestamp() and record.renewed_at is not None
@@ -184,3 +184,20 @@ def test_renewal_is_due_below_the_configured_fraction() -> None:
     assert crl_due(start, end, start + dt.timedelta(days=16), 0.5)
     assert crl_due(start, end, start + dt.timedelta(days=8), 0.75)
     assert crl_due(start, None, start, 0.5)
+
+
+def test_status_words_name_the_restarts_and_the_last_exit(tmp_path: Path) -> None:
+    from stack.supervision import ProcessRecord, describe_crl, describe_record
+
+    state = SupervisorState()
+    state.processes["bridge"] = ProcessRecord(restarts=2, state="restarting", last_exit="killed by SIGKILL",
+                                              last_exit_at=0.0, next_attempt_at=104.0)
+    state.save(tmp_path)
+    loaded = SupervisorState.load(tmp_path)
+    text = describe_record(loaded.processes["bridge"], now=100.0)
+    assert text == "restarts 2; last exit 00:00:00Z: killed by SIGKILL; restarting in 4s"
+    assert describe_record(ProcessRecord(), now=0.0) == ""
+    loaded.crl.this_update, loaded.crl.next_update = 0.0, 30 * 86_400.0
+    assert describe_crl(loaded.crl, now=86_400.0).startswith("CRL age 1.0 d, next update 1970-01-31")
+    (tmp_path / "supervisor.json").write_text("{not json")
+    assert SupervisorState.load(tmp_path).processes == {}
