@@ -78,7 +78,7 @@ class QueryApiService(_PythonService):
 
 
 class EmulatorService(_PythonService):
-    """The default fleet of CONTRACT.md: 50 devices, 1 reading/s each, running until `make down`."""
+    """The default fleet of docs/contract.md: 50 devices, 1 reading/s each, running until `make down`."""
 
     name = "emulator"
     stage = 2
