@@ -122,7 +122,9 @@ def telemetry_payload(
     return orjson.dumps(body)
 
 
-_RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})")
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
 
 
 def parse_ts(value: object) -> int:
@@ -253,7 +255,9 @@ def parse_telemetry(topic: str, payload: bytes, now_ms: int) -> Reading:
     if type(ts) is not int:  # epoch ms is the common case; anything else is normalised
         ts = parse_ts(ts)
     if ts > now_ms + MAX_FUTURE_MS:
-        raise InvalidTelemetry(Reason.TS_IN_FUTURE, f"ts {_short(ts)} is ahead by more than {MAX_FUTURE_MS} ms")
+        raise InvalidTelemetry(
+            Reason.TS_IN_FUTURE, f"ts {_short(ts)} is ahead by more than {MAX_FUTURE_MS} ms"
+        )
     if ts < now_ms - MAX_AGE_MS:
         raise InvalidTelemetry(Reason.TS_TOO_OLD, f"ts {_short(ts)} is older than {MAX_AGE_MS} ms")
     if "metrics" not in body:

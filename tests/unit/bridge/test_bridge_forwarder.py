@@ -126,7 +126,7 @@ def test_invalid_messages_go_to_the_dlq_with_reason_and_original_bytes(
 
 
 def dlq_record(payload: bytes, topic: str = "devices/dev-1/telemetry") -> tuple[Record, list[int]]:
-    forwarder, sink, metrics = make({"dev-1": "tenant-a"})
+    forwarder, sink, _ = make({"dev-1": "tenant-a"})
     acked: list[int] = []
     forwarder.handle(AckTracker(acked.extend), one(topic, payload, 7))
     [record] = sink.records

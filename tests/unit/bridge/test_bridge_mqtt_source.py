@@ -132,7 +132,7 @@ async def run_until(source: MqttSource, done: Callable[[], bool], timeout_s: flo
     deadline = time.monotonic() + timeout_s
     reached = False
     try:
-        while not (reached := done()) and time.monotonic() < deadline:
+        while not (reached := done()) and time.monotonic() < deadline:  # noqa: ASYNC110 (a poll of plain state)
             await asyncio.sleep(0.02)
     finally:
         stop.set()
