@@ -201,3 +201,21 @@ def test_status_words_name_the_restarts_and_the_last_exit(tmp_path: Path) -> Non
     assert describe_crl(loaded.crl, now=86_400.0).startswith("CRL age 1.0 d, next update 1970-01-31")
     (tmp_path / "supervisor.json").write_text("{not json")
     assert SupervisorState.load(tmp_path).processes == {}
+
+
+def test_the_supervisor_program_stops_on_sigterm(stack: StackSettings) -> None:
+    """`python -m stack.supervisor` as `iot up` starts it: running, then SIGTERM ends it at once."""
+    from stack import supervisor
+
+    spec = supervisor.spec(stack)
+    pid = process.start(spec)
+    deadline = time.monotonic() + 30
+    while "watching" not in process.log_tail(spec.log_file):
+        assert time.monotonic() < deadline, process.log_tail(spec.log_file)
+        time.sleep(0.1)
+    started = time.monotonic()
+    assert supervisor.stop(stack)
+    assert time.monotonic() - started < 5
+    assert not process.is_running(spec)
+    assert "stopping; 0 restart(s) in flight abandoned" in process.log_tail(spec.log_file)
+    assert os.waitpid(pid, 0) == (pid, 0)  # exited by itself, with status 0
