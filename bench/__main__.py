@@ -16,7 +16,7 @@ import traceback
 from stack import orchestrator
 from stack.config import StackSettings
 
-BENCHES = ["stack", "mqtt_edge", "bridge", "flink", "query_api", "observability"]
+BENCHES = ["stack", "mqtt_edge", "bridge", "flink", "query_api", "observability", "console"]
 
 
 def main(argv: list[str]) -> int:
