@@ -9,12 +9,23 @@ IOT := $(VENV)/bin/iot
 PYTEST := $(VENV)/bin/pytest
 STAMP := $(VENV)/.installed
 
-.PHONY: up down status test test-unit test-integration test-e2e bench lint venv clean
+.PHONY: python up down status test test-unit test-integration test-e2e bench lint venv clean
 
 venv: $(STAMP)
 
 # Exit 0 when the interpreter running it is a supported version.
 SUPPORTED_CHECK := import sys; sys.exit("%d.%d" % sys.version_info[:2] not in "$(SUPPORTED)".split())
+# Shell: the first supported interpreter of CANDIDATES on stdout, or a clear error and exit 1.
+FIND_PYTHON := for py in $(CANDIDATES); do \
+	    if $$py -c '$(SUPPORTED_CHECK)' 2>/dev/null; then echo $$py; exit 0; fi; \
+	  done; \
+	  echo "No supported Python found (tried: $(CANDIDATES)). Supported: Python $(SUPPORTED);" \
+	    "install one (e.g. apt-get install python3.11-venv) or run make PYTHON=/path/to/python3.12 ..." >&2; \
+	  exit 1
+
+# The interpreter a new venv would be built with.
+python:
+	@$(FIND_PYTHON)
 
 # Reinstall when the dependency list changes; editable, so code changes need no reinstall.
 # A venv of an unsupported Python (built before, or by hand) is rebuilt.
@@ -24,14 +35,7 @@ $(STAMP): pyproject.toml
 	  rm -rf $(VENV); \
 	fi
 	@if ! test -x $(VENV)/bin/python; then \
-	  for py in $(CANDIDATES); do \
-	    if $$py -c '$(SUPPORTED_CHECK)' 2>/dev/null; then found=$$py; break; fi; \
-	  done; \
-	  if test -z "$$found"; then \
-	    echo "No supported Python found (tried: $(CANDIDATES)). Supported: Python $(SUPPORTED);" \
-	      "install one (e.g. apt-get install python3.11-venv) or run make PYTHON=/path/to/python3.12 ..." >&2; \
-	    exit 1; \
-	  fi; \
+	  found=$$($(FIND_PYTHON)) || exit 1; \
 	  echo "creating $(VENV) with $$found ($$($$found -c 'import sys; print(sys.version.split()[0])'))"; \
 	  $$found -m venv $(VENV) || exit 1; \
 	fi
