@@ -11,6 +11,7 @@ from gateway.contract import (
     InvalidTelemetry,
     Reason,
     is_valid_device_id,
+    is_valid_metric_name,
     is_valid_tenant,
     parse_telemetry,
     telemetry_payload,
@@ -81,7 +82,7 @@ def test_valid_device_ids(device_id: str) -> None:
     assert is_valid_device_id(device_id)
 
 
-@pytest.mark.parametrize("device_id", ["", "x" * 65, "a/b", "a+b", "a#", "ä"])
+@pytest.mark.parametrize("device_id", ["", "x" * 65, "a/b", "a+b", "a#", "ä", "dev1\n", "\ndev1"])
 def test_invalid_device_ids(device_id: str) -> None:
     assert not is_valid_device_id(device_id)
 
@@ -89,3 +90,37 @@ def test_invalid_device_ids(device_id: str) -> None:
 def test_tenant_format() -> None:
     assert is_valid_tenant("tenant-a") and is_valid_tenant("t1")
     assert not is_valid_tenant("Tenant") and not is_valid_tenant("-a") and not is_valid_tenant("")
+    assert not is_valid_tenant("tenant-a\n")
+
+
+def test_names_and_topics_full_match() -> None:
+    assert is_valid_metric_name("temp.c") and not is_valid_metric_name("temp\n")
+    for topic in ("devices/dev1/telemetry\n", "devices/dev1\n/telemetry"):
+        with pytest.raises(InvalidTelemetry) as caught:
+            parse_telemetry(topic, telemetry_payload(NOW, {"t": 1.0}), NOW)
+        assert caught.value.reason in (Reason.BAD_TOPIC, Reason.BAD_DEVICE_ID)
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b'{"ts": %d, "metrics": {"t": 1%s}}' % (NOW, b"0" * 400), Reason.METRIC_OUT_OF_RANGE),
+        (b'{"ts": %d, "metrics": {"t": -1%s}}' % (NOW, b"0" * 400), Reason.METRIC_OUT_OF_RANGE),
+        (b'{"ts": %d, "metrics": {"t": 1}, "seq": %d}' % (NOW, 2**64), Reason.SEQ_OUT_OF_RANGE),
+        (b'{"ts": %d, "metrics": {"t": 1}, "seq": %d}' % (NOW, 2**63), Reason.SEQ_OUT_OF_RANGE),
+        (b'{"ts": %d, "x": "\\ud800", "metrics": {"t": 1}, "seq": %d}' % (NOW, 2**64),
+         Reason.SEQ_OUT_OF_RANGE),
+        (b'{"ts": %d, "metrics": {"t": 1}, "seq": 1.5}' % NOW, Reason.BAD_SEQ),
+        (b'{"ts": "0001-01-01T00:00:00+01:00", "metrics": {"t": 1}}', Reason.TS_TOO_OLD),
+    ],
+)
+def test_numbers_out_of_range_have_reasons_of_their_own(payload: bytes, reason: Reason) -> None:
+    with pytest.raises(InvalidTelemetry) as caught:
+        parse_telemetry(TOPIC, payload, NOW)
+    assert caught.value.reason == reason
+    assert len(caught.value.detail) < 200
+
+
+def test_the_largest_seq_is_valid_and_encodes() -> None:
+    payload = b'{"ts": %d, "metrics": {"t": 1}, "seq": %d}' % (NOW, 2**63 - 1)
+    assert json.loads(parse_telemetry(TOPIC, payload, NOW).to_kafka_value("t", NOW))["seq"] == 2**63 - 1
