@@ -57,6 +57,7 @@ async def run(settings: BridgeSettings, stop: asyncio.Event | None = None) -> in
         sink, tenants, metrics, settings.bridge_readings_topic, settings.bridge_dlq_topic
     )
     sink.on_confirmed = forwarder.confirmed
+    sink.on_rejected = forwarder.rejected
     source = MqttSource(settings, forwarder, metrics)
 
     def health() -> tuple[bool, dict[str, object]]:
@@ -92,6 +93,7 @@ async def run(settings: BridgeSettings, stop: asyncio.Event | None = None) -> in
         exit_code = 1
     finally:
         source.pause()
+        await forwarder.stop()
         await sink.stop_serving()
         # In a thread: the loop keeps running, so the confirmations' PUBACKs keep going out.
         remaining = await asyncio.to_thread(sink.close, settings.bridge_flush_timeout_s)

@@ -51,6 +51,7 @@ _Pending = tuple[AckTracker | None, list[Publish], float, int]
 _REGISTRY_RETRY_MIN_S = 0.2
 _REGISTRY_RETRY_MAX_S = 5.0
 _HEADER_TOPIC_BYTES = 1024  # a topic may be 64 KiB; the DLQ header keeps its start
+_KEY_BYTES = 256
 _INTERNAL_LOG_EVERY_S = 10.0
 
 
@@ -214,7 +215,8 @@ class Forwarder:
             # Whatever Mosquitto accepts fits: the record keeps a prefix and the original size.
             headers.append(("payload_bytes", str(len(payload)).encode()))
             payload = payload[:DLQ_PAYLOAD_PREFIX_BYTES]
-        key = device_id.encode() if device_id else None
+        # A valid id has at most 64 characters; a bad one must not make a 64 KiB key.
+        key = device_id.encode(errors="replace")[:_KEY_BYTES] if device_id else None
         try:
             self._sink.produce(self._dlq_topic, payload, key, headers, (owner, number, started, reason))
         except Exception as exc:  # nothing left to try: count it, log it, let the window move

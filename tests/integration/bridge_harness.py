@@ -384,12 +384,24 @@ def private_stack(stack_dir: Path, names: Iterable[str] = ("mosquitto", "kafka")
     settings = private_settings(stack_dir)
     wanted = set(names)
     services = [s for s in all_services(settings) if s.name in wanted]
+    # The JVM's metrics agent port too (read from the environment whenever Kafka starts): the
+    # shared stack's Kafka holds the default one.
+    saved = {name: os.environ.get(name) for name in _PRIVATE_PORT_VARIABLES}
+    os.environ.update({name: str(free_port()) for name in _PRIVATE_PORT_VARIABLES})
     try:
         orchestrator.up(settings, only=wanted)
         yield settings
     finally:
         for service in reversed(services):
             service.stop()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+_PRIVATE_PORT_VARIABLES = ("IOT_KAFKA_JMX_PORT", "IOT_CASSANDRA_JMX_PORT")
 
 
 def private_settings(stack_dir: Path) -> StackSettings:
