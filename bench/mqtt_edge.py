@@ -32,7 +32,7 @@ from gateway.contract import telemetry_payload
 from stack import orchestrator, process
 from stack.config import StackSettings
 from stack.service import NotReady
-from stack.services.mosquitto import MosquittoService
+from stack.services.mosquitto import MosquittoService, open_telemetry_gate
 
 log = logging.getLogger("bench.mqtt_edge")
 
@@ -232,6 +232,8 @@ def run(
             broker.start()
             broker.wait_ready(settings.ready_timeout_s)
         started_here = True
+    # No bridge subscribes to this broker: let device telemetry in (mosquitto/iot_edge.c).
+    open_telemetry_gate(settings)
     try:
         results: dict[str, Any] = {}
         if "publish" in parts:

@@ -178,6 +178,42 @@ def probe_connect(
         client.loop_stop()
 
 
+def open_telemetry_gate(settings: StackSettings, timeout_s: float = 10.0) -> None:
+    """Let device telemetry in on a broker no bridge has subscribed to since it started (a test's
+    or a benchmark's own broker): subscribe once as a bridge identity with a group of its own and
+    leave with a clean start. Groups are independent, so this takes nothing from any bridge."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+    from paho.mqtt.properties import Properties
+    from paho.mqtt.reasoncodes import ReasonCode
+
+    name = f"{pki.BRIDGE_PREFIX}gate"
+    identity = pki.service_identity(settings.pki_dir, name)
+    done = threading.Event()
+    codes: list[int] = []
+
+    def on_subscribe(client: mqtt.Client, userdata: object, mid: int,
+                     reasons: list[ReasonCode], properties: Properties) -> None:
+        codes.extend(r.value for r in reasons)
+        done.set()
+
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=name, protocol=mqtt.MQTTv5)
+    client.tls_set(ca_certs=str(identity.ca), certfile=str(identity.cert),
+                   keyfile=str(identity.key), tls_version=ssl.PROTOCOL_TLS_CLIENT)
+    client.on_subscribe = on_subscribe
+    group = f"gate-{uuid.uuid4().hex[:8]}"
+    client.on_connect = lambda c, u, f, rc, p: c.subscribe(
+        f"$share/{group}/{topics.MQTT_TELEMETRY_FILTER}", qos=1)
+    try:
+        client.connect("localhost", settings.mqtt_port, keepalive=10, clean_start=True)
+        client.loop_start()
+        if not done.wait(timeout_s) or not codes or codes[0] >= 0x80:
+            raise StackError(f"could not open the broker's telemetry gate: SUBACK {codes!r}")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
 def reload(settings: StackSettings) -> bool:
     """SIGHUP our broker: it re-reads the CRL and disconnects every identity listed in
     pki.revoked_names_path (after a revocation or a CRL renewal); False if it is not running."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -22,6 +21,9 @@ from paho.mqtt.reasoncodes import ReasonCode
 from gateway import pki, topics
 from gateway.contract import telemetry_payload
 from stack.config import StackSettings
+from stack.services.mosquitto import open_telemetry_gate
+
+__all__ = ["Fleet", "group_subscription", "open_telemetry_gate", "paho_client", "subscribe_codes"]
 
 
 def paho_client(identity: pki.Identity, client_id: str = "", v5: bool = True,
@@ -68,14 +70,6 @@ def subscribe_codes(settings: StackSettings, identity: pki.Identity, filters: It
         client.disconnect()
         client.loop_stop()
     return codes
-
-
-def open_telemetry_gate(settings: StackSettings) -> None:
-    """Subscribe once as a bridge identity with a group of its own, then leave (clean start)."""
-    name = f"{pki.BRIDGE_PREFIX}gate"
-    identity = pki.service_identity(settings.pki_dir, name)
-    codes = subscribe_codes(settings, identity, [group_subscription(f"gate-{uuid.uuid4().hex[:8]}")])
-    assert codes and codes[0] < 0x80, codes
 
 
 @dataclass
