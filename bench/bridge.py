@@ -413,8 +413,10 @@ def _best(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run(
-    messages: int = 200_000, devices: int = 20, latency_s: float = 20.0, rounds: int = 2
+    messages: int = 200_000, devices: int = 20, latency_s: float = 20.0, rounds: int = 2,
+    drain_only: bool = False,
 ) -> dict[str, Any]:
+    """Every figure; `drain_only`: the drain rates of mosquitto_sub, the bridge and the peer."""
     results: dict[str, Any] = {}
     with (
         tempfile.TemporaryDirectory(prefix="bench-bridge-") as tmp_dir,
@@ -451,6 +453,8 @@ def run(
             results["bridge_vs_peer"] = round(
                 results["bridge"]["msgs_per_s"] / results["peer"]["msgs_per_s"], 2
             )
+        if drain_only:
+            return results
         results["bridge_x2"] = bridge_drain(settings, plan(), tmp, instances=2)
         log.info("2 bridges: %s", results["bridge_x2"])
         results["bridge_x2_vs_limit"] = round(results["bridge_x2"]["msgs_per_s"] / limit, 3)
@@ -471,9 +475,9 @@ def run(
         for fixed in (1_000, 3_000, 5_000):
             results[f"latency_at_{fixed}"] = bridge_latency(settings, ids, fixed, latency_s, tmp)
             log.info("latency at %d msgs/s: %s", fixed, results[f"latency_at_{fixed}"])
-    results["targets"] = {"bridge_vs_limit": 0.8, "bridge_vs_peer": 1.0, "p99_ms_at_half_rate": 50}
+    results["targets"] = {"bridge_vs_limit": 0.9, "bridge_vs_peer": 1.0, "p99_ms_at_half_rate": 50}
     results["met"] = {
-        "bridge_vs_limit": results["bridge_vs_limit"] >= 0.8,
+        "bridge_vs_limit": results["bridge_vs_limit"] >= 0.9,
         "bridge_vs_peer": results.get("bridge_vs_peer", 0) > 1.0,
         "p99_ms_at_half_drain_rate": results["latency_at_half_rate"]["p99_ms"] < 50,
         "p99_ms_at_half_live_maximum": results["latency_at_half_live_maximum"]["p99_ms"] < 50,
@@ -486,10 +490,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, default=200_000)
     parser.add_argument("--devices", type=int, default=20)
     parser.add_argument("--latency-seconds", type=float, default=20.0)
+    parser.add_argument("--drain-only", action="store_true",
+                        help="only the drain rates (mosquitto_sub, bridge, peer)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("cassandra").setLevel(logging.ERROR)
-    figures = run(args.messages, args.devices, args.latency_seconds)
+    figures = run(args.messages, args.devices, args.latency_seconds, drain_only=args.drain_only)
     sys.stdout.write(json.dumps(figures, indent=2) + "\n")
     return 0
 
