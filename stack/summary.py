@@ -14,7 +14,7 @@ def print_summary(settings: StackSettings) -> None:
     keycloak = f"http://localhost:{settings.keycloak_port}"
     api = f"http://localhost:{settings.query_api_port}"
     pki = settings.pki_dir
-    admin_password = keycloak_admin.shown_admin_password(settings)
+    admin_password = keycloak_admin.shown_admin_password(settings) or "(not set yet: iot status)"
     text = f"""
 The pipeline is up.
 
