@@ -12,12 +12,13 @@ from urllib.parse import quote
 
 import httpx
 from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from console.config import PACKAGE_DIR, ConsoleSettings
-from console.errors import ConsoleError, SignedOut
+from console.errors import BadInput, ConsoleError, SignedOut
 from console.observability import ConsoleMetrics
 from console.oidc import KeycloakClient
 from console.ops.service import Operations
@@ -94,6 +95,15 @@ def create_app(settings: ConsoleSettings | None = None) -> FastAPI:
         return response
 
     app.add_exception_handler(ConsoleError, _error_handler(templates))  # type: ignore[arg-type]
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError) -> Response:
+        # Pages answer a malformed id or parameter with the console's own page, /api with JSON.
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(part) for part in first.get("loc", ()) if part not in ("path", "query"))
+        detail = f"{where}: {first.get('msg', 'invalid')}" if where else "invalid request"
+        return await _error_handler(templates)(request, BadInput(detail))
+
     app.mount("/static", StaticFiles(directory=PACKAGE_DIR / "static"), name="static")
     uplot = settings.console_assets_dir / "uplot" / "dist"
     # check_dir=False: a console started before `make up` built the assets still serves its pages.

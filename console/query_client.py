@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from console.errors import NotFound, SignedOut, Upstream
+from console.errors import BadInput, NotFound, SignedOut, Upstream
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class QueryApi:
         if response.status_code == 404:
             raise NotFound(detail)
         if response.status_code in (400, 422):
-            raise Upstream(f"the query API rejected the request: {detail}")
+            raise BadInput(f"the query API rejected the request: {detail}")
         log.warning("query API %s: HTTP %d %s", path, response.status_code, detail)
         raise Upstream(f"query API answered HTTP {response.status_code}: {detail}")
 

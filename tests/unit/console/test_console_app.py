@@ -65,7 +65,7 @@ def test_the_api_answers_401_json_without_a_session(client: TestClient) -> None:
 
 
 def test_bad_device_ids_never_reach_the_query_api(client: TestClient) -> None:
-    assert client.get("/api/devices/a%20b/series").status_code in (401, 422)
+    assert client.get("/api/devices/a%20b/series").status_code in (400, 401)
 
 
 def test_sign_out_without_a_session_lands_signed_out(client: TestClient) -> None:
@@ -89,3 +89,10 @@ def test_health_and_metrics(client: TestClient) -> None:
     text = client.get("/metrics").text
     assert 'console_requests_total{status="200",view="/signed-out"}' in text
     assert "console_sessions 0.0" in text
+
+
+def test_a_malformed_device_id_gets_a_page_or_json_not_a_crash(client: TestClient) -> None:
+    page = client.get("/devices/a%20b?cursor=" + "x" * 300)
+    assert page.status_code in (303, 400)
+    api = client.get("/api/devices/a%20b/series?range=forever")
+    assert api.status_code in (400, 401) and "detail" in api.json()
