@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.contract import Reason, telemetry_payload
+from gateway.contract import MAX_PAYLOAD_BYTES, Reason, telemetry_payload
 from stack.config import StackSettings
 from tests.integration.bridge_harness import (
     BridgeProcess,
@@ -164,7 +164,11 @@ def test_each_malformed_case_lands_in_the_dlq_with_its_reason(
         assert record.headers["mqtt_topic"].decode().startswith("devices/brt-")
         assert abs(int(record.headers["received_at"]) - now_ms()) < 120_000
     originals = {r.value for r in dlq if r.key == device.encode()}
-    assert originals == set(payloads[:-1])
+    # Original bytes, but past the contract's 64 KiB a prefix with the original size beside it.
+    [large] = [p for p in payloads[:-1] if len(p) > MAX_PAYLOAD_BYTES]
+    [kept] = [r for r in dlq if r.headers["reason"] == Reason.TOO_LARGE.value.encode()]
+    assert large.startswith(kept.value) and int(kept.headers["payload_bytes"]) == len(large)
+    assert originals == set(payloads[:-1]) - {large} | {kept.value}
     # ...and the bridge kept running: the valid reading after them went through.
     [valid] = read_topic(bridge.kafka_bootstrap, bridge.readings_topic, expect=1)
     assert valid.key == device.encode()
