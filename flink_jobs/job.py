@@ -70,7 +70,10 @@ def statements(settings: FlinkJobSettings) -> list[str]:
     """Every statement of the job, in order: its identity for checkpoint compatibility."""
     views = [f"VIEW {name} AS {query}" for name, query in sql.views(dedup=settings.dedup)]
     ttl = [f"STATE TTL deduplicate {settings.dedup_horizon_s} s"] if settings.dedup else []
-    return [sql.source_ddl(settings), *sql.sink_ddls(settings), *views, *sql.inserts(settings), *ttl]
+    # A checkpoint restores only into the backend that wrote it.
+    backend = [f"STATE BACKEND {settings.state_backend}"]
+    return [sql.source_ddl(settings), *sql.sink_ddls(settings), *views, *sql.inserts(settings),
+            *ttl, *backend]
 
 
 def register_views(t_env: TableEnvironment, source: str = "readings", dedup: bool = True) -> None:

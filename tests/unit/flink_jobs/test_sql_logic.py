@@ -153,4 +153,5 @@ def test_dedup_switch_and_horizon_shape_the_job() -> None:
     assert "ROW_NUMBER()" not in dict(sql.views(dedup=False))["distinct_readings"]
     assert statements(on) != statements(off)
     assert statements(on) != statements(FlinkJobSettings(dedup_horizon_s=7200))
+    assert statements(on) != statements(FlinkJobSettings(state_backend="rocksdb"))
     assert job_configuration(on, None)["table.exec.state.ttl"] == "0 ms"
