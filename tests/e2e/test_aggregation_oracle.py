@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import random
 import time
 import uuid
@@ -42,6 +43,7 @@ from storage.rows import bucket_month, bucket_year
 from tests.oracle import Agg, OracleReading, close_enough, expected
 
 pytestmark = pytest.mark.e2e
+log = logging.getLogger(__name__)
 
 DEVICES = 4
 METRICS = ("temperature", "humidity")
@@ -361,6 +363,7 @@ async def test_a_silent_fleet_closes_its_last_window(stack: StackSettings, cql: 
                 break
             await asyncio.sleep(0.5)
         arrived_s = time.time()
+        log.info("silent fleet: last window in Cassandra %.1fs after its end", arrived_s - last_end_s)
         assert got == want, f"the last window ({last_start}) is not in Cassandra: {got} != {want}"
         assert arrived_s <= deadline_s, (
             f"the last window arrived {arrived_s - last_end_s:.1f}s after its end, "
