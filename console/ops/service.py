@@ -7,6 +7,7 @@ Kafka, Cassandra or the stack's status; the blocking clients are opened on first
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -70,7 +71,15 @@ def stack_status() -> list[Component]:
     from stack.config import StackSettings
     from stack.orchestrator import status
 
-    return [Component(name, state, detail) for name, state, detail in status(StackSettings())]
+    return [Component(name, state, redact(detail)) for name, state, detail in status(StackSettings())]
+
+
+_PASSWORD = re.compile(r"(admin / )[^,;)\s]+")
+
+
+def redact(detail: str) -> str:
+    """`iot status` shows the Keycloak admin password on the terminal; a web page does not."""
+    return _PASSWORD.sub(r"\1(hidden)", detail)
 
 
 class Operations:

@@ -123,3 +123,26 @@ def test_frontend_counts_as_installed_only_with_its_assets_and_the_current_lockf
     assert frontend_installed(tmp_path)
     (tmp_path / "package-lock.json").write_text('{"changed": 1}')
     assert not frontend_installed(tmp_path)
+
+
+def test_the_pipeline_view_hides_the_keycloak_admin_password() -> None:
+    from console.ops.service import redact
+
+    detail = "http://localhost:8088/realms/iot (admin console: admin / rwTL-Ww_Vs, in /x/admin-password)"
+    assert (
+        redact(detail)
+        == "http://localhost:8088/realms/iot (admin console: admin / (hidden), in /x/admin-password)"
+    )
+    assert redact("rss 12 MiB mqtts://localhost:8883") == "rss 12 MiB mqtts://localhost:8883"
+
+
+def test_prometheus_text_sums_counters_and_keeps_series() -> None:
+    from console.ops.service import parse_prometheus
+
+    text = (
+        '# HELP x\nbridge_messages_dlq_total{reason="a"} 2\n'
+        'bridge_messages_dlq_total{reason="b"} 3\nup 1\nbad line\n'
+    )
+    values = parse_prometheus(text)
+    assert values["bridge_messages_dlq_total"] == 5 and values['bridge_messages_dlq_total{reason="a"}'] == 2
+    assert values["up"] == 1
