@@ -121,11 +121,27 @@ def link_flink_reporter(settings: StackSettings) -> None:
     link.symlink_to(source, target_is_directory=True)
 
 
+# What Flink's reporter exports: the operators' record counts and watermarks, the Kafka source's
+# offsets (the consumer lag), checkpoints and restarts, the JVMs. Everything else (the Kafka
+# clients' own metrics, byte counts, buffers: 85 % of the task manager's 1,000 series) is left out;
+# each scrape renders every exported series, which made the task manager's scrape ~100 ms.
+# Checked against Flink's DefaultReporterFilters: `*` spans scope levels, `;` separates filters.
+FLINK_REPORTER_INCLUDES = ";".join([
+    "*.job.task.operator:numRecordsIn,numRecordsOut,numLateRecordsDropped,currentOutputWatermark",
+    "*.KafkaSourceReader.topic.partition:currentOffset,committedOffset",
+    "jobmanager.job:lastCheckpointDuration,lastCheckpointSize,numberOfCompletedCheckpoints,"
+    "numberOfFailedCheckpoints,uptime,numRestarts",
+    "jobmanager:numRegisteredTaskManagers,numRunningJobs,taskSlotsAvailable,taskSlotsTotal",
+    "*.Status.JVM.*",
+])
+
+
 def flink_reporter_config() -> dict[str, str]:
     """config.yaml keys of the reporter; the port is per role (flink_reporter_port)."""
     return {
         "metrics.reporter.prom.factory.class":
             "org.apache.flink.metrics.prometheus.PrometheusReporterFactory",
+        "metrics.reporter.prom.filter.includes": FLINK_REPORTER_INCLUDES,
     }
 
 

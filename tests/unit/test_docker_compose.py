@@ -323,8 +323,9 @@ def test_heaps_match_the_native_stack(services: dict[str, Any]) -> None:
 
 def _flink_properties(services: dict[str, Any], name: str) -> dict[str, str]:
     text = _env(services[name])["FLINK_PROPERTIES"]
+    # A value may be quoted (YAML would read a leading `*` as an alias).
     return dict(
-        (key.strip(), value.strip())
+        (key.strip(), value.strip().strip('"'))
         for key, value in (line.split(":", 1) for line in text.splitlines() if line.strip())
     )
 
