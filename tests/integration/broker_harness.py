@@ -87,6 +87,8 @@ class Fleet:
     def __post_init__(self) -> None:
         self._clients: dict[str, mqtt.Client] = {}
         self._mids: dict[str, dict[int, int]] = {d: {} for d in self.device_ids}
+        # PUBACKs that arrived before publish() returned their mid to us.
+        self._early: dict[str, set[int]] = {d: set() for d in self.device_ids}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -104,9 +106,12 @@ class Fleet:
 
     def _on_publish(self, device_id: str):  # type: ignore[no-untyped-def]
         def on_publish(c: mqtt.Client, u: object, mid: int, rc: ReasonCode, p: object) -> None:
+            # Called with paho's own lock held: never call into paho while holding self._lock.
             with self._lock:
                 seq = self._mids[device_id].pop(mid, None)
-                if seq is not None:
+                if seq is None:
+                    self._early[device_id].add(mid)
+                else:
                     self.acked[device_id].add(seq)
         return on_publish
 
@@ -135,10 +140,14 @@ class Fleet:
                 return
             payload = telemetry_payload(base_ms + int(seq * 1000 / self.rate_per_device),
                                         {"v": float(seq)}, seq=seq)
-            with self._lock:  # the mid is known before its PUBACK can arrive
-                info = client.publish(topic, payload, qos=1)
-                self._mids[device_id][info.mid] = seq
+            info = client.publish(topic, payload, qos=1)
+            with self._lock:
                 self.sent[device_id] += 1
+                if info.mid in self._early[device_id]:
+                    self._early[device_id].discard(info.mid)
+                    self.acked[device_id].add(seq)
+                else:
+                    self._mids[device_id][info.mid] = seq
 
     def wait_sent(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
