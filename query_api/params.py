@@ -11,9 +11,12 @@ import binascii
 import re
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import cache
+from zoneinfo import ZoneInfo, available_timezones
 
 from gateway.contract import DEVICE_ID_PATTERN, METRIC_NAME_PATTERN, InvalidTelemetry, parse_ts
 from query_api.errors import BadInput
+from query_api.rollup import Bucketing, Grid, LocalDays
 
 MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
@@ -36,14 +39,84 @@ _CURSOR = re.compile(r"[A-Za-z0-9_-]{1,200}")
 
 class Window(StrEnum):
     ONE_MINUTE = "1m"
+    FIVE_MINUTES = "5m"
+    FIFTEEN_MINUTES = "15m"
     ONE_HOUR = "1h"
+    ONE_DAY = "1d"
     ALL = "all"
 
 
+# Windows rolled up at query time from the stored 1m and 1h rows (rollup.py).
+ROLLED = frozenset({Window.FIVE_MINUTES, Window.FIFTEEN_MINUTES, Window.ONE_DAY})
+UTC_ZONE = ZoneInfo("UTC")
+
 # Default range when `from` is absent (CONTRACT.md) and the longest range one request may span:
-# each month (1m) or year (1h) is one partition read, and data outlives neither TTL much.
-DEFAULT_SPAN_MS = {Window.ONE_MINUTE: HOUR_MS, Window.ONE_HOUR: 7 * DAY_MS}
-MAX_SPAN_MS = {Window.ONE_MINUTE: 100 * DAY_MS, Window.ONE_HOUR: 3660 * DAY_MS}
+# each month (1m) or year (1h) is one partition read, and data outlives neither TTL much. A
+# rolled-up window reads its source rows in chunks and stops once its page is full.
+DEFAULT_SPAN_MS = {
+    Window.ONE_MINUTE: HOUR_MS,
+    Window.FIVE_MINUTES: 6 * HOUR_MS,
+    Window.FIFTEEN_MINUTES: 6 * HOUR_MS,
+    Window.ONE_HOUR: 7 * DAY_MS,
+    Window.ONE_DAY: 30 * DAY_MS,
+}
+MAX_SPAN_MS = {
+    Window.ONE_MINUTE: 100 * DAY_MS,
+    Window.FIVE_MINUTES: 31 * DAY_MS,
+    Window.FIFTEEN_MINUTES: 100 * DAY_MS,
+    Window.ONE_HOUR: 3660 * DAY_MS,
+    Window.ONE_DAY: 3660 * DAY_MS,
+}
+_WINDOWS = ", ".join(w.value for w in Window)
+
+
+def parse_window(value: str) -> Window:
+    try:
+        return Window(value)
+    except ValueError:
+        raise BadInput(f"window: {value[:20]!r} is not one of {_WINDOWS}") from None
+
+
+@cache
+def _zone_names() -> frozenset[str]:
+    return frozenset(available_timezones())
+
+
+def parse_zone(value: str | None) -> ZoneInfo:
+    """An IANA zone name of the tz database (default UTC). Only names the database lists are
+    looked up, so no string can make ZoneInfo read a file of its choosing."""
+    if value is None:
+        return UTC_ZONE
+    if value not in _zone_names():
+        raise BadInput(f"tz: {value[:64]!r} is not an IANA time zone name (such as Europe/Berlin)")
+    return ZoneInfo(value)
+
+
+def check_zone(window: Window, zone: ZoneInfo, span: TimeRange) -> None:
+    """Refuse what the zone cannot answer. `1h` windows are whole hours of UTC, read from the
+    stored 1h rows: in a zone whose offset is not a whole number of hours (Asia/Kolkata,
+    UTC+05:30) they are not its hours. A day at the far ends of the calendar may not exist in
+    the zone at all (9999-12-31 is already year 10000 east of UTC)."""
+    if zone is UTC_ZONE or window not in (Window.ONE_HOUR, Window.ONE_DAY):
+        return
+    days = LocalDays(zone)
+    try:
+        days.end_of(days.start_of(max(span.start_ms, span.end_ms - 1)))
+        whole = days.whole_hours(span.start_ms, max(span.end_ms, span.start_ms + 1))
+    except (OverflowError, ValueError):
+        raise BadInput(f"tz: the range reaches beyond the days {zone.key} can name") from None
+    if window is Window.ONE_HOUR and not whole:
+        raise BadInput(
+            f"tz: {zone.key} is not a whole number of hours from UTC in this range, and 1h windows"
+            " are whole UTC hours: ask for 1m, 5m, 15m or 1d in this zone"
+        )
+
+
+def bucketing(window: Window, zone: ZoneInfo) -> Bucketing:
+    """The buckets of a rolled-up window: 5m and 15m on the UTC grid, 1d on local midnight."""
+    if window is Window.ONE_DAY:
+        return LocalDays(zone)
+    return Grid(WINDOW_MS[window])
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,16 +156,29 @@ def time_range(window: Window, from_: str | None, to: str | None, now_ms: int) -
     return TimeRange(start, end)
 
 
-WINDOW_MS = {Window.ONE_MINUTE: MINUTE_MS, Window.ONE_HOUR: HOUR_MS}
+WINDOW_MS = {
+    Window.ONE_MINUTE: MINUTE_MS,
+    Window.FIVE_MINUTES: 5 * MINUTE_MS,
+    Window.FIFTEEN_MINUTES: 15 * MINUTE_MS,
+    Window.ONE_HOUR: HOUR_MS,
+}
 
 
-def align(span: TimeRange, window: Window) -> TimeRange:
+def align(span: TimeRange, window: Window, zone: ZoneInfo = UTC_ZONE) -> TimeRange:
     """The same selection with both ends rounded up to the window grid.
 
-    Windows start on whole minutes (hours) of UTC, so `start <= s < end` holds for a window start
-    `s` exactly when it holds with both ends rounded up to the grid."""
+    Windows start on whole minutes (hours, quarter hours, local midnights), so `start <= s < end`
+    holds for a window start `s` exactly when it holds with both ends rounded up to the grid."""
+    if window is Window.ONE_DAY:
+        days = LocalDays(zone)
+        return TimeRange(_up(days, span.start_ms), _up(days, span.end_ms))
     step = WINDOW_MS[window]
     return TimeRange(-(-span.start_ms // step) * step, -(-span.end_ms // step) * step)
+
+
+def _up(days: LocalDays, millis: int) -> int:
+    start = days.start_of(millis)
+    return start if start == millis else days.end_of(start)
 
 
 def check_device_id(device_id: str) -> str:

@@ -8,11 +8,13 @@ strictly after it, so pages never overlap or skip whatever the limit.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
+from zoneinfo import ZoneInfo
 
 import orjson
 from cassandra.query import PreparedStatement
@@ -20,9 +22,12 @@ from cassandra.query import PreparedStatement
 from gateway import registry
 from query_api.db import CassandraStore, Row
 from query_api.errors import DependencyDown
-from query_api.params import Cursor, TimeRange, Window
+from query_api.params import ROLLED, UTC_ZONE, Cursor, TimeRange, Window, bucketing
+from query_api.rollup import LocalDays, SourceRow, after_cursor, bucket_span, combine
 
 Item = dict[str, Any]
+# Source rows of a rolled-up window are read this many per round trip.
+_SOURCE_CHUNK = 5_000
 
 # Timestamps as epoch ms (bigint): cheaper for the driver than datetimes, and formatted strings
 # are cached per value (every metric of a window shares its start and end).
@@ -54,6 +59,7 @@ class AggregateReader(Protocol):
         metric: str | None,
         limit: int,
         cursor: Cursor | None,
+        zone: ZoneInfo = UTC_ZONE,
     ) -> Page: ...
 
     async def totals(self, device_id: str, metric: str | None, limit: int, cursor: Cursor | None) -> Page: ...
@@ -181,8 +187,13 @@ class AggregateRepository:
         metric: str | None,
         limit: int,
         cursor: Cursor | None,
+        zone: ZoneInfo = UTC_ZONE,
     ) -> Page:
+        """Windows starting in the span; 5m, 15m and 1d rolled up from the stored rows, 1d on
+        the local midnights of `zone` (which changes nothing else)."""
         self._require_ready()
+        if window in ROLLED:
+            return await self._rolled(device_id, window, span, metric, limit, cursor, zone)
         statements = self._windows[window]
         start_ms = span.start_ms
         if cursor is not None:
@@ -227,6 +238,80 @@ class AggregateRepository:
         ]
         next_cursor = Cursor(page[-1][0], page[-1][2]).encode() if more else None
         return Page(items, next_cursor)
+
+    async def _rolled(
+        self,
+        device_id: str,
+        window: Window,
+        span: TimeRange,
+        metric: str | None,
+        limit: int,
+        cursor: Cursor | None,
+        zone: ZoneInfo,
+    ) -> Page:
+        """A page of rolled-up windows: the source rows of whole buckets, in time order, read
+        until limit + 1 windows after the cursor are complete (bounded by the page, not the span)."""
+        buckets = bucketing(window, zone)
+        read_from = span.start_ms if cursor is None else max(span.start_ms, cursor.window_start_ms)
+        bounds = bucket_span(buckets, read_from, span.end_ms)
+        if bounds is None:
+            return Page([], None)
+        # A local day is a union of stored hours only where its midnights are whole UTC hours.
+        source = Window.ONE_MINUTE
+        if isinstance(buckets, LocalDays) and buckets.whole_hours(*bounds):
+            source = Window.ONE_HOUR
+        after = (cursor.window_start_ms, cursor.metric) if cursor is not None else None
+        rows: list[SourceRow] = []
+        complete: set[tuple[int, str]] = set()
+        last_start, current = -1, -1
+        chunks = self._source_chunks(device_id, source, bounds[0], bounds[1], metric)
+        async with contextlib.aclosing(chunks):
+            async for chunk in chunks:
+                for start, _end, name, count, total, low, high, _avg in chunk:
+                    if start != last_start:
+                        last_start = start
+                        bucket = buckets.start_of(start)
+                        if bucket != current:
+                            # Every earlier bucket is whole now: a full page needs no more rows.
+                            if len(complete) > limit:
+                                break
+                            current = bucket
+                    if after is None or (current, name) > after:
+                        complete.add((current, name))
+                    rows.append((start, name, count, total, low, high))
+                else:
+                    continue
+                break
+        items = combine(rows, buckets)
+        if after is not None:
+            items = after_cursor(items, *after)
+        page, more = items[:limit], len(items) > limit
+        next_cursor = Cursor(page[-1]["windowStart"], page[-1]["metric"]).encode() if more else None
+        for item in page:
+            item["windowStart"] = iso(item["windowStart"])
+            item["windowEnd"] = iso(item["windowEnd"])
+        return Page(page, next_cursor)
+
+    async def _source_chunks(
+        self, device_id: str, source: Window, start_ms: int, end_ms: int, metric: str | None
+    ) -> AsyncGenerator[list[Row], None]:
+        """Stored rows with window_start in [start_ms, end_ms), in (window_start, metric) order."""
+        statements = self._windows[source]
+        buckets: Iterator[str] | Iterator[int] = (
+            month_buckets(start_ms, end_ms) if source is Window.ONE_MINUTE else year_buckets(start_ms, end_ms)
+        )
+        for bucket in buckets:
+            after: Cursor | None = None
+            while True:
+                stmt, params = self._bucket_read(
+                    statements, device_id, bucket, start_ms, end_ms, metric, after, _SOURCE_CHUNK
+                )
+                rows = await self._store.execute(stmt, params)
+                if rows:
+                    yield rows
+                if len(rows) < _SOURCE_CHUNK:
+                    break
+                after = Cursor(rows[-1][0], rows[-1][2])
 
     @staticmethod
     def _bucket_read(

@@ -10,7 +10,8 @@ An answer older than `ttl_s` (but younger than twice that) is still served once,
 read runs behind it: no caller of a busy key waits for the refresh, and no answer is older than
 `2 * ttl_s` plus one read.
 
-Keys are normalised to the window grid: windows start on whole minutes (hours), so `from`/`to`
+Keys are normalised to the window grid: windows start on whole minutes (hours, quarter hours,
+local midnights of the key's zone), so `from`/`to`
 with any milliseconds select the same rows as their values rounded up to the grid, and "the last
 hour" requested at 10:00:00.123 and 10:00:59.456 is one key. Keys are the parsed parameters
 the route passes on, so nothing else in a URL can make a new entry. Authorisation is not cached
@@ -28,10 +29,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Hashable
 from dataclasses import replace
+from zoneinfo import ZoneInfo
 
 import orjson
 
-from query_api.params import Cursor, TimeRange, Window, align
+from query_api.params import UTC_ZONE, Cursor, TimeRange, Window, align
 from query_api.repository import AggregateReader, Page
 
 Load = Callable[[], Coroutine[object, object, Page]]
@@ -82,11 +84,14 @@ class CachedReader:
         metric: str | None,
         limit: int,
         cursor: Cursor | None,
+        zone: ZoneInfo = UTC_ZONE,
     ) -> Page:
-        grid = align(span, window)
-        key = ("w", device_id, window, grid.start_ms, grid.end_ms, metric, limit, cursor)
+        grid = align(span, window, zone)
+        # The zone is part of every key: it moves 1d windows, and (refused or not) it is a
+        # parameter a caller chose, so two zones never share an answer.
+        key = ("w", device_id, window, zone.key, grid.start_ms, grid.end_ms, metric, limit, cursor)
         return await self._get(
-            key, lambda: self._inner.windows(device_id, window, grid, metric, limit, cursor)
+            key, lambda: self._inner.windows(device_id, window, grid, metric, limit, cursor, zone=zone)
         )
 
     async def totals(self, device_id: str, metric: str | None, limit: int, cursor: Cursor | None) -> Page:

@@ -71,6 +71,7 @@ class FakeRepository:
         metric: str | None,
         limit: int,
         cursor: Cursor | None,
+        zone: Any = None,
     ) -> Page:
         self.calls.append((device_id, window, span, metric, limit, cursor))
         item = {
@@ -198,7 +199,7 @@ def test_unknown_kid_refetches_the_key_set_once(client: TestClient, keys: Keys) 
     [
         ("/query/bad id!/1m", {}),
         ("/query/" + "x" * 65 + "/1m", {}),
-        ("/query/dev-a/5m", {}),
+        ("/query/dev-a/2m", {}),
         ("/query/dev-a/1m", {"from": "yesterday"}),
         ("/query/dev-a/1m", {"to": "2026-13-01T00:00:00Z"}),
         ("/query/dev-a/1m", {"from": "2026-11-24T10:00:00"}),  # no offset

@@ -30,6 +30,7 @@ class CountingReader:
         metric: str | None,
         limit: int,
         cursor: Cursor | None,
+        zone: object = None,
     ) -> Page:
         self.calls.append((device_id, window, span, metric, limit, cursor))
         await asyncio.sleep(self.delay_s)
