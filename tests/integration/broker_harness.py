@@ -99,7 +99,7 @@ class Fleet:
                                  v5=False, clean=False)
             client.max_inflight_messages_set(20)
             client.max_queued_messages_set(0)
-            client.reconnect_delay_set(0.2, 2)
+            client.reconnect_delay_set(1, 2)
             client.on_publish = self._on_publish(device_id)
             client.on_disconnect = self._on_disconnect
             self._clients[device_id] = client

@@ -274,7 +274,7 @@ def _persistent_session(settings: StackSettings, identity: pki.Identity, filter_
     done = threading.Event()
     client.on_subscribe = lambda c, u, m, rcs, p: done.set()
     client.on_connect = lambda c, u, f, rc, p: c.subscribe(filter_, qos=1)
-    props = Properties(PacketTypes.CONNECT)
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     props.SessionExpiryInterval = 600
     client.connect("localhost", settings.mqtt_port, clean_start=False, properties=props)
     client.loop_start()
@@ -293,7 +293,7 @@ def _resume(settings: StackSettings, identity: pki.Identity, topic: str, expect:
     got: list[bytes] = []
     client.on_connect = lambda c, u, f, rc, p: present.append(bool(f.session_present))
     client.on_message = lambda c, u, m: got.append(bytes(m.payload)) if m.topic == topic else None
-    props = Properties(PacketTypes.CONNECT)
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     props.SessionExpiryInterval = 0  # the test's session ends with this connection
     client.connect("localhost", settings.mqtt_port, clean_start=False, properties=props)
     client.loop_start()
