@@ -275,18 +275,21 @@ class Supervisor:
             await _wait(self.job_check, self.settings.job_check_interval_s)
 
     def _job_state(self) -> str | None:
-        """The job's state, 'absent', or None when the cluster cannot tell (down, restarting)."""
+        """The state of the job's newest run on the cluster ('absent' if it has none there), or
+        None when the cluster cannot tell (down, restarting)."""
         from flink_jobs.config import FlinkJobSettings
         from flink_jobs.rest import FlinkRest
 
         rest = FlinkRest(f"http://localhost:{self.stack.flink_rest_port}")
         try:
-            job = rest.active_job(FlinkJobSettings().job_name)
+            runs = [job for job in rest.jobs() if job["name"] == FlinkJobSettings().job_name]
         except Exception:
             return None
         finally:
             rest.close()
-        return "absent" if job is None else str(job["state"])
+        if not runs:
+            return "absent"
+        return str(max(runs, key=lambda job: job.get("start-time", 0))["state"])
 
     async def _check_job(self) -> None:
         if JOBMANAGER in self.restarting or self.flink is None:
@@ -297,7 +300,13 @@ class Supervisor:
         state = await asyncio.to_thread(self._job_state)
         if state is None:
             return
-        if state != "absent":
+        if state == "CANCELED":
+            # Cancelled on purpose (by hand, or to deploy a new version): not ours to bring back.
+            if self.job_seen or self.job_lost:
+                log.info("%s was cancelled; not resubmitting it (iot up or iot flink-job does)", JOB)
+            self.job_seen = self.job_lost = False
+            return
+        if state not in ("absent", "FAILED", "FINISHED"):
             self.job_seen, self.job_lost = True, False
             return
         if not (self.job_seen or self.job_lost):
