@@ -223,19 +223,26 @@ class AggregateRepository:
                 if len(rows) > limit:
                     break
         page, more = rows[:limit], len(rows) > limit
-        items = [
-            {
-                "windowStart": iso(start),
-                "windowEnd": iso(end),
-                "metric": name,
-                "count": count,
-                "sum": total,
-                "min": low,
-                "max": high,
-                "avg": mean,
-            }
-            for start, end, name, count, total, low, high, mean in page
-        ]
+        items: list[Item] = []
+        append = items.append
+        # The busiest loop of a read: every metric of a window shares its formatted bounds.
+        last = None
+        first = second = None
+        for start, end, name, count, total, low, high, mean in page:
+            if start != last:
+                last, first, second = start, iso(start), iso(end)
+            append(
+                {
+                    "windowStart": first,
+                    "windowEnd": second,
+                    "metric": name,
+                    "count": count,
+                    "sum": total,
+                    "min": low,
+                    "max": high,
+                    "avg": mean,
+                }
+            )
         next_cursor = Cursor(page[-1][0], page[-1][2]).encode() if more else None
         return Page(items, next_cursor)
 
