@@ -16,7 +16,7 @@ import traceback
 from stack import orchestrator
 from stack.config import StackSettings
 
-BENCHES = ["stack", "mqtt_edge", "bridge", "flink", "query_api", "observability", "console"]
+BENCHES = ["stack", "mqtt_edge", "bridge", "flink", "query_api", "fleet_reads", "observability", "console"]
 
 
 def main(argv: list[str]) -> int:
