@@ -16,6 +16,7 @@ import signal
 from bridge.config import BridgeSettings
 from bridge.errors import BridgeError
 from bridge.forwarder import Forwarder, Token
+from bridge.heartbeat import Heartbeat, producer_config, topic_partitions
 from bridge.http import serve
 from bridge.kafka_sink import KafkaSink
 from bridge.metrics import BridgeMetrics
@@ -36,6 +37,39 @@ def _settle_garbage_collector() -> None:
     gc.set_threshold(10_000, 20, 20)
     log.info("garbage collector: %d start-up objects frozen, thresholds %s",
              gc.get_freeze_count(), gc.get_threshold())
+
+
+async def _heartbeats(
+    settings: BridgeSettings, source: MqttSource, sink: KafkaSink[Token], metrics: BridgeMetrics,
+    stop: asyncio.Event,
+) -> None:
+    """Watermark heartbeats while the bridge is quiet, so a silent fleet's windows still close.
+
+    Only when connected with nothing unconfirmed: a heartbeat must never overtake a reading the
+    bridge holds. The topic's partitions are looked up until Kafka answers."""
+    from confluent_kafka import KafkaException, Producer
+
+    interval = settings.bridge_heartbeat_interval_s
+    producer = Producer(producer_config(settings.kafka_bootstrap, interval))
+    delay = 1.0
+    while not stop.is_set():
+        try:
+            partitions = await asyncio.to_thread(topic_partitions, producer, settings.bridge_readings_topic)
+            break
+        except (KafkaException, RuntimeError) as exc:
+            log.warning("heartbeats wait for the partitions of %s: %s; retrying in %.0fs",
+                        settings.bridge_readings_topic, exc, delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+            delay = min(delay * 2, 30.0)
+    else:
+        return
+    heartbeat = Heartbeat(
+        producer, settings.bridge_readings_topic, partitions, interval,
+        may_beat=lambda: source.connected and source.in_flight == 0 and sink.queued == 0,
+        activity=lambda: metrics.counts.received,
+    )
+    await heartbeat.run(stop)
 
 
 async def run(settings: BridgeSettings, stop: asyncio.Event | None = None) -> int:
@@ -78,6 +112,9 @@ async def run(settings: BridgeSettings, stop: asyncio.Event | None = None) -> in
     _settle_garbage_collector()
     exit_code = 0
     mqtt = asyncio.create_task(source.run(stop), name="mqtt")
+    beats: asyncio.Task[None] | None = None
+    if settings.bridge_heartbeat_interval_s > 0:
+        beats = asyncio.create_task(_heartbeats(settings, source, sink, metrics, stop), name="heartbeats")
     try:
         while not stop.is_set():
             if sink.fatal_error is not None:
@@ -101,6 +138,13 @@ async def run(settings: BridgeSettings, stop: asyncio.Event | None = None) -> in
         stop.set()
         with contextlib.suppress(BridgeError, asyncio.CancelledError, TimeoutError):
             await asyncio.wait_for(mqtt, 5.0)
+        if beats is not None:
+            try:
+                await asyncio.wait_for(beats, settings.bridge_heartbeat_interval_s + 5.0)
+            except (asyncio.CancelledError, TimeoutError):
+                pass
+            except Exception:
+                log.exception("heartbeats ended with an error")
         tenants.close()
         server.close()
         await server.wait_closed()

@@ -54,6 +54,9 @@ class BridgeSettings(BaseSettings):
 
     kafka_bootstrap: str = endpoints.KAFKA_BOOTSTRAP
     bridge_readings_topic: str = topics.KAFKA_READINGS
+    # Heartbeats to every partition while quiet (bridge/heartbeat.py), so a silent fleet's last
+    # windows close; 0 turns them off.
+    bridge_heartbeat_interval_s: float = Field(default=1.0, ge=0)
     bridge_dlq_topic: str = topics.KAFKA_DLQ
     bridge_compression: str = "lz4"
     # 10 ms, not 5: half as many produce requests for Kafka to serve (measured: the broker's CPU

@@ -195,4 +195,17 @@ class FlinkJobService(Service):
         job_settings = FlinkJobSettings()
         lag = consumer_lag(kafka_bootstrap(self.settings.kafka_port), job_settings.consumer_group,
                            job_settings.source_topic)
-        return f"job {job['jid']} {job['state']}, consumer lag {lag if lag is not None else '?'}"
+        line = f"job {job['jid']} {job['state']}, consumer lag {lag if lag is not None else '?'}"
+        return line + self._duplicates(str(job["jid"]))
+
+    def _duplicates(self, job_id: str) -> str:
+        from flink_jobs.rest import FlinkRest
+
+        rest = FlinkRest(f"http://localhost:{self.settings.flink_rest_port}")
+        try:
+            removed = rest.duplicates_removed(job_id)
+        except (httpx.HTTPError, KeyError):
+            return ""
+        finally:
+            rest.close()
+        return f", duplicates removed {removed} since the job started" if removed is not None else ""
