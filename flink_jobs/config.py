@@ -42,6 +42,8 @@ class FlinkJobSettings(BaseSettings):
     # first copy counts once. The bridge redelivers within seconds of a crash; an hour also
     # covers a device's persistent session replaying after a long outage of the bridge.
     dedup: bool = True
+    # Device groups' aggregates in the same windows (each reading once more per group).
+    groups: bool = True
     dedup_horizon_s: int = Field(default=3600, ge=60)
     # 'hashmap' (Flink's heap backend): the horizon's keys on the heap, fast, every checkpoint a
     # full copy; fits the default fleet (50 readings/s: 180,000 keys an hour, ~50 MB). 'rocksdb'

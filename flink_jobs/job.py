@@ -68,7 +68,7 @@ def job_configuration(settings: FlinkJobSettings, restore_from: Path | None) -> 
 
 def statements(settings: FlinkJobSettings) -> list[str]:
     """Every statement of the job, in order: its identity for checkpoint compatibility."""
-    views = [f"VIEW {name} AS {query}" for name, query in sql.views(dedup=settings.dedup)]
+    views = [f"VIEW {name} AS {query}" for name, query in sql.views(dedup=settings.dedup, groups=settings.groups)]
     ttl = [f"STATE TTL deduplicate {settings.dedup_horizon_s} s"] if settings.dedup else []
     # A checkpoint restores only into the backend that wrote it.
     backend = [f"STATE BACKEND {settings.state_backend}"]
@@ -76,9 +76,11 @@ def statements(settings: FlinkJobSettings) -> list[str]:
             *ttl, *backend]
 
 
-def register_views(t_env: TableEnvironment, source: str = "readings", dedup: bool = True) -> None:
+def register_views(
+    t_env: TableEnvironment, source: str = "readings", dedup: bool = True, groups: bool = True
+) -> None:
     """The shared views as Table objects, so that every statement reads the same sub-plan."""
-    for name, query in sql.views(source, dedup):
+    for name, query in sql.views(source, dedup, groups):
         t_env.create_temporary_view(name, t_env.sql_query(query))
 
 
@@ -111,7 +113,7 @@ def submit(settings: FlinkJobSettings, restore_from: Path | None = None) -> str:
     t_env = TableEnvironment.create(environment)
     for statement in [sql.source_ddl(settings), *sql.sink_ddls(settings)]:
         t_env.execute_sql(statement)  # DDL only: nothing runs until the statement set executes
-    register_views(t_env, dedup=settings.dedup)
+    register_views(t_env, dedup=settings.dedup, groups=settings.groups)
     statements = t_env.create_statement_set()
     for insert in sql.inserts(settings):
         statements.add_insert_sql(insert)

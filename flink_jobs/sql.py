@@ -35,6 +35,8 @@ CREATE TABLE {table} (
     ts BIGINT,
     seq BIGINT,
     metrics MAP<STRING, DOUBLE>,
+    -- Aggregate keys of the device's groups, as the bridge knew them on receipt.
+    `groups` ARRAY<STRING>,
     receivedAt BIGINT,
     event_time AS TO_TIMESTAMP_LTZ(ts, 3),
     received_time AS TO_TIMESTAMP_LTZ(COALESCE(receivedAt, ts), 3),
@@ -112,24 +114,35 @@ CREATE TABLE agg_all_sink (
     ]
 
 
-def views(source: str = "readings", dedup: bool = True) -> list[tuple[str, str]]:
+def views(source: str = "readings", dedup: bool = True, groups: bool = True) -> list[tuple[str, str]]:
     """(name, query) of the views the three aggregations share, in dependency order; `source` is
-    any table with the readings schema. job.register_views registers them as Table objects."""
+    any table with the readings schema. job.register_views registers them as Table objects.
+
+    With `groups`, every distinct reading is counted once under its device's id and once more
+    under each of its groups' aggregate keys (gateway/groups.py): downstream, a group is one more
+    key of the same windows, so its 1m, 1h and all-time rows, and its late count, follow the
+    devices' rules exactly."""
     readings = f"""
-SELECT deviceId, ts, metrics, event_time FROM {source}
+SELECT deviceId, ts, metrics, `groups`, event_time FROM {source}
 WHERE deviceId IS NOT NULL AND ts IS NOT NULL"""
     if dedup:
         # Keep the first copy of each reading. A MAP cannot be hashed as a key; its text can, and
         # the copies of one reading carry the same metrics in the same order (the bridge encodes
         # the same payload again). What bounds this state is the operator's TTL.
         readings = f"""
-SELECT deviceId, ts, metrics, event_time FROM (
-    SELECT deviceId, ts, metrics, event_time, ROW_NUMBER() OVER (
+SELECT deviceId, ts, metrics, `groups`, event_time FROM (
+    SELECT deviceId, ts, metrics, `groups`, event_time, ROW_NUMBER() OVER (
         PARTITION BY deviceId, ts, seq, CAST(metrics AS STRING) ORDER BY arrival ASC) AS copy_no
     FROM {source}
     WHERE deviceId IS NOT NULL AND ts IS NOT NULL
 ) WHERE copy_no = 1"""
-    classified = """
+    keyed = """
+SELECT deviceId, ts, metrics, event_time FROM distinct_readings
+UNION ALL
+SELECT g.agg_key AS deviceId, r.ts, r.metrics, r.event_time
+FROM distinct_readings AS r
+CROSS JOIN UNNEST(r.`groups`) AS g (agg_key)"""
+    classified = f"""
 SELECT
     r.deviceId,
     r.ts,
@@ -140,7 +153,7 @@ SELECT
         TO_TIMESTAMP_LTZ(r.ts - MOD(r.ts, 60000) + 59999, 3) <= CURRENT_WATERMARK(r.event_time),
         FALSE
     ) AS late
-FROM distinct_readings AS r
+FROM {"keyed" if groups else "distinct_readings"} AS r
 CROSS JOIN UNNEST(r.metrics) AS m (metric, val)
 WHERE m.val IS NOT NULL"""
     on_time = """
@@ -154,8 +167,9 @@ SELECT
     MIN(ts) AS first_ts, MAX(ts) AS last_ts
 FROM TABLE(TUMBLE(TABLE on_time, DESCRIPTOR(event_time), INTERVAL '1' MINUTE))
 GROUP BY deviceId, metric, window_start, window_end, window_time"""
-    return [("distinct_readings", readings), ("classified", classified), ("on_time", on_time),
-            ("windows_1m", windows_1m)]
+    shared = [("distinct_readings", readings), *([("keyed", keyed)] if groups else []),
+              ("classified", classified), ("on_time", on_time), ("windows_1m", windows_1m)]
+    return shared
 
 
 INSERT_1M = """

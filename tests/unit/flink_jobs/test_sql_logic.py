@@ -16,6 +16,9 @@ from flink_jobs.job import job_configuration, register_views, statements, with_s
 from tests.oracle import OracleReading, close_enough, expected
 
 BASE = 1_764_000_000_000 - 1_764_000_000_000 % 3_600_000
+# Devices a and b are in one group; the group's windows are over both devices' readings.
+GROUP = "group:t:g1"
+MEMBERS = {"a", "b"}
 
 
 def _readings() -> list[OracleReading]:
@@ -31,6 +34,12 @@ def _readings() -> list[OracleReading]:
     return readings
 
 
+def _keyed() -> list[OracleReading]:
+    """The oracle's input: every reading under its device, and again under its group."""
+    readings = _readings()
+    return readings + [OracleReading(GROUP, r.ts, r.metrics) for r in readings if r.device_id in MEMBERS]
+
+
 def _records() -> list[dict[str, Any]]:
     """What reaches Kafka: every reading once, some again (right after the first copy, and 600
     readings (~20 minutes of stream) later, when its window is long closed: a late copy), and
@@ -40,6 +49,8 @@ def _records() -> list[dict[str, Any]]:
     for i, r in enumerate(readings):
         record = {"deviceId": r.device_id, "tenant": "t", "ts": r.ts, "metrics": r.metrics,
                   "seq": r.ts // 1000, "receivedAt": r.ts}
+        if r.device_id in MEMBERS:
+            record["groups"] = [GROUP]
         placed.append((i, 0, record))
         if i % 7 == 0:
             placed.append((i, 1, record))
@@ -71,7 +82,7 @@ def _rows(env: Any, insert: str) -> list[Any]:
 
 
 def test_minute_windows_match_oracle(t_env: Any) -> None:
-    minute, _, _ = expected(_readings())
+    minute, _, _ = expected(_keyed())
     rows = _rows(t_env, sql.INSERT_1M)
     assert len(rows) == len(minute)
     for device, metric, start, end, count, total, low, high in rows:
@@ -82,9 +93,9 @@ def test_minute_windows_match_oracle(t_env: Any) -> None:
 
 
 def test_hour_windows_cascade_from_minutes(t_env: Any) -> None:
-    _, hour, _ = expected(_readings())
+    _, hour, _ = expected(_keyed())
     rows = _rows(t_env, sql.INSERT_1H)
-    assert len(rows) == len(hour) == 3 * 2 * 2
+    assert len(rows) == len(hour) == (3 + 1) * 2 * 2  # devices and the group
     for device, metric, start, end, count, total, low, high in rows:
         want = hour[(device, metric, start)]
         assert end == start + 3_600_000
@@ -95,7 +106,7 @@ def test_hour_windows_cascade_from_minutes(t_env: Any) -> None:
 @pytest.mark.parametrize("insert", [sql.INSERT_ALL, sql.INSERT_ALL_FROM_WINDOWS],
                          ids=["per-reading", "from-windows"])
 def test_all_time_rollup(t_env: Any, insert: str) -> None:
-    _, _, all_time = expected(_readings())
+    _, _, all_time = expected(_keyed())
     final: dict[tuple[str, str], Any] = {}
     for row in _rows(t_env, insert):
         if row.get_row_kind().name in ("INSERT", "UPDATE_AFTER"):
