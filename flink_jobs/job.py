@@ -68,7 +68,8 @@ def job_configuration(settings: FlinkJobSettings, restore_from: Path | None) -> 
 
 def statements(settings: FlinkJobSettings) -> list[str]:
     """Every statement of the job, in order: its identity for checkpoint compatibility."""
-    views = [f"VIEW {name} AS {query}" for name, query in sql.views(dedup=settings.dedup, groups=settings.groups)]
+    shared = sql.views(dedup=settings.dedup, groups=settings.groups)
+    views = [f"VIEW {name} AS {query}" for name, query in shared]
     ttl = [f"STATE TTL deduplicate {settings.dedup_horizon_s} s"] if settings.dedup else []
     # A checkpoint restores only into the backend that wrote it.
     backend = [f"STATE BACKEND {settings.state_backend}"]
