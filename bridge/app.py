@@ -22,6 +22,7 @@ from bridge.kafka_sink import KafkaSink
 from bridge.metrics import BridgeMetrics
 from bridge.mqtt_source import MqttSource
 from bridge.tenants import RegistryTenants
+from gateway.groups import MembershipCache
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,20 @@ async def _heartbeats(
     await heartbeat.run(stop)
 
 
+async def _refresh_groups(cache: MembershipCache, interval_s: float, stop: asyncio.Event) -> None:
+    """Re-read the group memberships every interval (in a thread: the driver blocks); a failed
+    read keeps the last good map and is logged once per outage."""
+    failing = False
+    while not stop.is_set():
+        await asyncio.to_thread(cache.refresh_if_due)
+        if cache.last_error is not None and not failing:
+            log.warning("group memberships not refreshed, keeping %d devices' groups: %s",
+                        len(cache), cache.last_error)
+        failing = cache.last_error is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval_s)
+
+
 async def run(settings: BridgeSettings, stop: asyncio.Event | None = None) -> int:
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -91,6 +106,8 @@ async def run(settings: BridgeSettings, stop: asyncio.Event | None = None) -> in
         sink, tenants, metrics, settings.bridge_readings_topic, settings.bridge_dlq_topic
     )
     sink.on_confirmed = forwarder.confirmed
+    memberships = MembershipCache(tenants.group_memberships, settings.bridge_groups_refresh_s)
+    forwarder.groups_of = memberships.groups_of
     sink.on_rejected = forwarder.rejected
     source = MqttSource(settings, forwarder, metrics)
 
@@ -113,6 +130,9 @@ async def run(settings: BridgeSettings, stop: asyncio.Event | None = None) -> in
     exit_code = 0
     mqtt = asyncio.create_task(source.run(stop), name="mqtt")
     beats: asyncio.Task[None] | None = None
+    groups = asyncio.create_task(
+        _refresh_groups(memberships, settings.bridge_groups_refresh_s, stop), name="groups"
+    )
     if settings.bridge_heartbeat_interval_s > 0:
         beats = asyncio.create_task(_heartbeats(settings, source, sink, metrics, stop), name="heartbeats")
     try:
@@ -138,6 +158,9 @@ async def run(settings: BridgeSettings, stop: asyncio.Event | None = None) -> in
         stop.set()
         with contextlib.suppress(BridgeError, asyncio.CancelledError, TimeoutError):
             await asyncio.wait_for(mqtt, 5.0)
+        groups.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await groups
         if beats is not None:
             try:
                 await asyncio.wait_for(beats, settings.bridge_heartbeat_interval_s + 5.0)

@@ -72,6 +72,9 @@ class BridgeSettings(BaseSettings):
     cassandra_keyspace: str = endpoints.CASSANDRA_KEYSPACE
     # A known device's tenant never changes; an unknown one is re-read at most this often.
     bridge_unknown_device_ttl_s: float = 5.0
+    # How often device group memberships are re-read: a change of membership counts for the
+    # readings received after the next read (gateway/groups.py).
+    bridge_groups_refresh_s: float = Field(default=10.0, gt=0)
 
     bridge_metrics_host: str = "127.0.0.1"
     bridge_metrics_port: int = endpoints.BRIDGE_METRICS_PORT

@@ -84,6 +84,8 @@ class Forwarder:
         self._looked_up: dict[str, str | None] = {}
         self._lookup_task: asyncio.Task[None] | None = None
         self._internal_logged_at = 0.0
+        # The device's groups' aggregate keys (gateway.groups.MembershipCache.groups_of).
+        self.groups_of: Callable[[str], tuple[str, ...]] = lambda _device_id: ()
         # Set by the MQTT side: stop and restart reading from the broker.
         self.pause_reading: Callable[[], None] = lambda: None
         self.resume_reading: Callable[[], None] = lambda: None
@@ -114,6 +116,7 @@ class Forwarder:
         """Forward the messages; stop at the first whose tenant only the registry can tell and
         return its index (-1 when all went)."""
         produce, readings_topic, cached = self._sink.produce, self._readings_topic, self._tenants.cached
+        groups_of = self.groups_of
         for index, (topic, payload, mid, _dup) in enumerate(publishes):
             token: Token | None = None
             try:
@@ -125,7 +128,7 @@ class Forwarder:
                     tenant = self._looked_up.get(reading.device_id)
                     if tenant is None:
                         raise InvalidTelemetry(Reason.UNKNOWN_DEVICE, "not in the device registry")
-                value = reading.to_kafka_value(tenant, received_at)
+                value = reading.to_kafka_value(tenant, received_at, groups_of(reading.device_id))
                 owner = tracker if mid else None
                 token = (owner, owner.add(mid) if owner is not None else 0, started, None)
                 produce(readings_topic, value, reading.device_id.encode(), None, token)

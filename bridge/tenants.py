@@ -11,6 +11,7 @@ import logging
 import threading
 from typing import Any, Protocol
 
+from gateway.groups import GroupRegistry
 from gateway.registry import DeviceRegistry, RegistryError, TenantCache, connect
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ class RegistryTenants:
         self._lock = threading.Lock()
         self._session: Any = None
         self._registry: DeviceRegistry | None = None
+        self._groups: GroupRegistry | None = None
         self._cache = TenantCache(self._load, negative_ttl_s)
 
     def _open(self) -> DeviceRegistry:
@@ -70,6 +72,17 @@ class RegistryTenants:
             return
         self._cache.preload(devices)
         log.info("preloaded the tenants of %d devices", len(devices))
+
+    def group_memberships(self) -> dict[str, tuple[str, ...]]:
+        """Every device's groups (gateway.groups), through the registry's session."""
+        with self._lock:
+            groups = self._groups
+        if groups is None:
+            registry = self._open()
+            groups = GroupRegistry(self._session, registry, self._keyspace)
+            with self._lock:
+                self._groups = groups
+        return groups.memberships()
 
     def close(self) -> None:
         if self._session is not None:

@@ -96,7 +96,7 @@ class Reading(NamedTuple):
     metrics: dict[str, float]
     seq: int | None = None
 
-    def to_kafka_value(self, tenant: str, received_at: int) -> bytes:
+    def to_kafka_value(self, tenant: str, received_at: int, groups: tuple[str, ...] = ()) -> bytes:
         body: dict[str, Any] = {
             "deviceId": self.device_id,
             "tenant": tenant,
@@ -106,6 +106,9 @@ class Reading(NamedTuple):
         }
         if self.seq is not None:
             body["seq"] = self.seq
+        if groups:
+            # The aggregate keys of the device's groups when the bridge received the reading.
+            body["groups"] = groups
         # orjson: a tenth of the stdlib encoder's time, and this runs once per message.
         return orjson.dumps(body)
 

@@ -21,7 +21,7 @@ from query_api.hot_answers import HotAnswers
 from query_api.observability import ApiMetrics, MetricsMiddleware
 from query_api.repository import AggregateReader, AggregateRepository
 from query_api.result_cache import CachedReader
-from query_api.routes import devices, docs, health, metrics, query
+from query_api.routes import devices, docs, groups, health, metrics, query
 from query_api.state import AppState
 
 log = logging.getLogger(__name__)
@@ -123,6 +123,7 @@ def create_app(
     app.add_exception_handler(QueryApiError, _error_handler(api_metrics))
     app.include_router(query.router)
     app.include_router(devices.router)
+    app.include_router(groups.router)
     app.include_router(docs.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
