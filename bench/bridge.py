@@ -1,4 +1,4 @@
-"""The bridge (issue 4): sustained MQTT -> Kafka rate with ack-after-delivery, and p50/p99
+"""The bridge: sustained MQTT -> Kafka rate with ack-after-delivery, and p50/p99
 publish-to-Kafka latency at half that rate, beside (a) Mosquitto delivering the same stream to
 `mosquitto_sub` (the limit) and (b) a peer bridge from PyPI where one can run here.
 

@@ -1,7 +1,7 @@
 """The stack itself: `iot up` to all-ready with a warm cache (median of 3) and with an empty one,
 and the resident memory of the idle stack.
 
-Targets (issue 2): warm start at most 90 s; idle stack at most 4 GiB RSS. The empty-cache run
+Targets: warm start at most 90 s; idle stack at most 4 GiB RSS. The empty-cache run
 uses a temporary artifact cache and Maven repository, so the real caches are left alone.
 """
 

@@ -1,1 +1,1 @@
-"""The MQTT -> Kafka bridge: PUBACK each message only after Kafka confirmed it (issue 4)."""
+"""The MQTT -> Kafka bridge: PUBACK each message only after Kafka confirmed it."""

@@ -1,4 +1,4 @@
-"""The telemetry message (CONTRACT.md "Telemetry message") and its validation, defined once.
+"""The telemetry message (docs/contract.md "Telemetry message") and its validation, defined once.
 
 Devices (the emulator) build readings with `Telemetry`; the bridge turns raw MQTT payloads into
 `Reading`s with `parse_telemetry`, which raises `InvalidTelemetry` carrying a named reason that

@@ -1,4 +1,4 @@
-"""MQTT and Kafka topic names (CONTRACT.md "Telemetry message", "Kafka topics")."""
+"""MQTT and Kafka topic names (docs/contract.md "Telemetry message", "Kafka topics")."""
 
 from __future__ import annotations
 

@@ -50,7 +50,7 @@ class Window(StrEnum):
 ROLLED = frozenset({Window.FIVE_MINUTES, Window.FIFTEEN_MINUTES, Window.ONE_DAY})
 UTC_ZONE = ZoneInfo("UTC")
 
-# Default range when `from` is absent (CONTRACT.md) and the longest range one request may span:
+# Default range when `from` is absent (docs/contract.md) and the longest range one request may span:
 # each month (1m) or year (1h) is one partition read, and data outlives neither TTL much. A
 # rolled-up window reads its source rows in chunks and stops once its page is full.
 DEFAULT_SPAN_MS = {

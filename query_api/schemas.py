@@ -1,4 +1,4 @@
-"""Response shapes of CONTRACT.md "Query API", for the OpenAPI document.
+"""Response shapes of docs/contract.md "Query API", for the OpenAPI document.
 
 The routes serialise plain dicts themselves (one orjson call instead of a model per item);
 these models describe exactly those dicts.

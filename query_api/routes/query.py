@@ -1,4 +1,4 @@
-"""GET /query/{deviceId}/{window} (CONTRACT.md "Query API").
+"""GET /query/{deviceId}/{window} (docs/contract.md "Query API").
 
 This is the API's busiest route, and a fleet's polls are mostly distinct URLs that no answer
 cache holds. FastAPI's per-parameter resolution (dependencies, declared query parameters) cost

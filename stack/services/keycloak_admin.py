@@ -7,7 +7,7 @@ first start of an empty database; a database seeded from the shared cache
 (keycloak_dist.seed_database) comes with the cache's own administrator instead, and a database
 of an older stack with admin/admin: `login`, after each start, gives it this stack's password.
 
-The realm file gives every user the development password `temp` (CONTRACT.md);
+The realm file gives every user the development password `temp` (docs/contract.md);
 IOT_KEYCLOAK_USER_PASSWORD (everyone) or IOT_KEYCLOAK_USER_PASSWORDS (JSON, per user) replace it,
 set through the admin API after the start and again whenever they change.
 """
@@ -34,7 +34,7 @@ ADMIN_USER = "admin"
 # What stacks made before the password was generated have, and what a cached database seeded
 # before then holds.
 LEGACY_ADMIN_PASSWORD = "admin"
-# The realm file's password of every user (CONTRACT.md: client1, client2 with `temp`).
+# The realm file's password of every user (docs/contract.md: client1, client2 with `temp`).
 DEFAULT_USER_PASSWORD = "temp"
 
 

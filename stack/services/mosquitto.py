@@ -1,4 +1,4 @@
-"""Mosquitto: the MQTT edge, TLS with client certificates on settings.mqtt_port (CONTRACT.md)."""
+"""Mosquitto: the MQTT edge, TLS with client certificates on settings.mqtt_port (docs/contract.md)."""
 
 from __future__ import annotations
 

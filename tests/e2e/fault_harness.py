@@ -7,7 +7,7 @@ order), a fault is injected mid-stream by a thread while the stream goes on, the
 keeps the watermark moving until every window of the run is final, and Cassandra's rows and the
 query API are compared with the oracle over the distinct readings sent.
 
-A reading delayed by an outage past its window's watermark is legitimately late (CONTRACT.md):
+A reading delayed by an outage past its window's watermark is legitimately late (docs/contract.md):
 then it must be in the all-time rollup and its `late` count, and missing from its 1-minute
 window. So the check is: all-time rows exact; every 1m/1h row at most the oracle; per device, the
 readings missing from the windows equal its late count; with no late reading, windows exact.

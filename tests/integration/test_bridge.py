@@ -1,4 +1,4 @@
-"""The bridge against real Mosquitto, Kafka and Cassandra (issue 4), run as `python -m bridge`.
+"""The bridge against real Mosquitto, Kafka and Cassandra, run as `python -m bridge`.
 
 Every test has its own devices, bridge client id, shared-subscription group and Kafka topics.
 """

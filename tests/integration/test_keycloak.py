@@ -1,4 +1,4 @@
-"""Keycloak through the stack runner: the realm `iot` of CONTRACT.md and its access tokens, the
+"""Keycloak through the stack runner: the realm `iot` of docs/contract.md and its access tokens, the
 administrator's generated password, brute-force detection."""
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ from stack.config import REPO_ROOT, StackSettings
 DOCKER = REPO_ROOT / "docker"
 COMPOSE_FILE = DOCKER / "docker-compose.yml"
 
-# Which compose service publishes which contract port (CONTRACT.md "Ports").
+# Which compose service publishes which contract port (docs/contract.md "Ports").
 PUBLISHED = {
     "mosquitto": endpoints.MQTT_TLS_PORT,
     "kafka": endpoints.KAFKA_PORT,

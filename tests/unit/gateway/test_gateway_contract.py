@@ -1,4 +1,4 @@
-"""gateway.contract: the telemetry message of CONTRACT.md (no services)."""
+"""gateway.contract: the telemetry message of docs/contract.md (no services)."""
 
 from __future__ import annotations
 
