@@ -198,13 +198,6 @@ class KafkaSink(Generic[T]):
             except KafkaException as exc:
                 log.warning("no metadata for %s yet: %s", topic, exc)
 
-    def check_connection(self, timeout_s: float = 2.0) -> bool:
-        try:
-            self._producer.list_topics(timeout=timeout_s)
-        except KafkaException:
-            return False
-        return True
-
     def flush(self, timeout_s: float) -> int:
         """Wait for outstanding deliveries (retries included); returns how many are still held."""
         deadline = time.monotonic() + timeout_s
