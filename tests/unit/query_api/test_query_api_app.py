@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -246,7 +247,16 @@ def test_next_cursor_is_returned_and_accepted(client: TestClient, repo: FakeRepo
     assert repo.calls[-1][5] == Cursor(1, "temperature")
 
 
-def test_health_metrics_and_docs_need_no_token(client: TestClient) -> None:
+def test_health_metrics_and_docs_need_no_token(
+    client: TestClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Swagger UI's files come from npm at `make up`; the unit tier runs before that, so the page
+    # is served from stand-ins here (tests/e2e checks the installed ones through the stack).
+    from query_api.routes import docs
+
+    monkeypatch.setattr(docs, "ASSETS_DIR", tmp_path)
+    assert client.get("/docs").status_code == 503  # not installed: says so, no CDN fallback
+    (tmp_path / "swagger-ui-bundle.js").write_text("// stand-in")
     health = client.get("/health")
     assert health.status_code == 200
     assert health.json()["dependencies"]["keycloak"]["status"] == "up"
