@@ -21,7 +21,7 @@ from gateway.groups import GROUP_NAME_PATTERN, aggregate_key
 from query_api.db import CassandraStore
 from query_api.deps import PrincipalDep, RepositoryDep, StateDep
 from query_api.errors import BadInput, DependencyDown, NotFound
-from query_api.params import MAX_LIMIT, Cursor, Window, time_range
+from query_api.params import MAX_LIMIT, Cursor, Window, check_zone, parse_window, parse_zone, time_range
 from query_api.schemas import ErrorBody
 
 router = APIRouter(tags=["groups"])
@@ -151,7 +151,7 @@ async def group_windows(
     groups: GroupsDep,
     repository: RepositoryDep,
     group: Annotated[str, Path(pattern=f"^{GROUP_NAME_PATTERN}$")],
-    window: Window,
+    window: Annotated[str, Path(description="1m, 5m, 15m, 1h, 1d or all")],
     from_: Annotated[
         str | None, Query(alias="from", max_length=64, description=f"{_TIME_HELP}; inclusive")
     ] = None,
@@ -159,6 +159,7 @@ async def group_windows(
     metric: Annotated[str | None, Query(pattern=METRIC_NAME_PATTERN)] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = MAX_LIMIT,
     cursor: Annotated[str | None, Query(max_length=200, description="`next` of the previous page")] = None,
+    tz: Annotated[str | None, Query(max_length=64, description="IANA time zone (default UTC)")] = None,
     tenant: Annotated[
         str | None,
         Query(
@@ -168,17 +169,21 @@ async def group_windows(
     ] = None,
 ) -> Response:
     """Like /query/{deviceId}/{window}, over every reading of the group's devices."""
-    span = time_range(window, from_, to, int(time.time() * 1000)) if window is not Window.ALL else None
+    kind = parse_window(window)
+    zone = parse_zone(tz)
+    span = time_range(kind, from_, to, int(time.time() * 1000)) if kind is not Window.ALL else None
+    if span is not None:
+        check_zone(kind, zone, span)
     position = Cursor.decode(cursor) if cursor is not None else None
     owner = await owning_tenant(principal, groups, group, tenant)
     key = aggregate_key(owner, group)
     if span is None:
         page = await repository.totals(key, metric, limit, position)
     else:
-        page = await repository.windows(key, window, span, metric, limit, position)
+        page = await repository.windows(key, kind, span, metric, limit, position, zone=zone)
     body = {
         "group": group,
-        "window": window.value,
+        "window": kind.value,
         "items": page.items if page.encoded_items is None else page.encoded_items,
         "next": page.next_cursor,
     }
