@@ -136,12 +136,14 @@ SELECT deviceId, ts, metrics, `groups`, event_time FROM (
     FROM {source}
     WHERE deviceId IS NOT NULL AND ts IS NOT NULL
 ) WHERE copy_no = 1"""
+    # One UNNEST over the device's own key and its groups' keys, not a UNION of two branches: the
+    # deduplication then has one consumer, so its record counts stay the copies it removed.
     keyed = """
-SELECT deviceId, ts, metrics, event_time FROM distinct_readings
-UNION ALL
-SELECT g.agg_key AS deviceId, r.ts, r.metrics, r.event_time
+SELECT k.agg_key AS deviceId, r.ts, r.metrics, r.event_time
 FROM distinct_readings AS r
-CROSS JOIN UNNEST(r.`groups`) AS g (agg_key)"""
+CROSS JOIN UNNEST(
+    CASE WHEN r.`groups` IS NULL THEN ARRAY[r.deviceId] ELSE ARRAY_CONCAT(ARRAY[r.deviceId], r.`groups`) END
+) AS k (agg_key)"""
     classified = f"""
 SELECT
     r.deviceId,
