@@ -22,7 +22,7 @@ import httpx
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway import endpoints, pki
-from stack import artifacts
+from stack import artifacts, process
 from stack.config import REPO_ROOT, StackSettings
 from stack.errors import StackError
 from stack.process import ProcessSpec
@@ -267,8 +267,19 @@ class PrometheusService(Service):
     def own_ports(self) -> tuple[int, ...]:
         return (self.obs.prometheus_port, self.obs.exporter_port)
 
-    def adopt_marker(self) -> str:
-        return f"--config.file={self.config_file}"
+    def adopt_marker(self) -> str | None:
+        # Each of the two processes has a marker of its own (see start): one marker for both
+        # took the Prometheus process for the exporter too, and the exporter was never started.
+        return None
+
+    def start(self) -> None:
+        markers = {
+            NAME: f"--config.file={self.config_file}",
+            "stack-exporter": f"{sys.executable} -m stack.exporter",
+        }
+        for spec in self.processes():
+            process.adopt(spec, markers[spec.name])
+        super().start()
 
     def check_ready(self) -> None:
         base = url(self.obs)
