@@ -1,5 +1,8 @@
 """Run the benchmarks (all, or those named: `python -m bench stack flink`) and print their figures.
 
+`--profile replicated` runs the benches that take a profile (capacity) against that profile's
+stack; the others need the default one.
+
 Each module has `run() -> dict`; its figures are printed as they come and summed up at the end
 in bench/results.json (git-ignored) for the closing notes.
 """
@@ -7,6 +10,7 @@ in bench/results.json (git-ignored) for the closing notes.
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import logging
 import sys
@@ -16,14 +20,30 @@ import traceback
 from stack import orchestrator
 from stack.config import StackSettings
 
-BENCHES = ["stack", "mqtt_edge", "bridge", "flink", "query_api", "fleet_reads", "observability", "console"]
+BENCHES = [
+    "stack", "mqtt_edge", "bridge", "flink", "query_api", "fleet_reads", "observability", "console",
+    "capacity",
+]
+
+
+def _profile(argv: list[str]) -> tuple[list[str], str]:
+    """The bench names and `--profile NAME` (default: "default")."""
+    names, profile = list(argv), "default"
+    if "--profile" in names:
+        at = names.index("--profile")
+        if at + 1 >= len(names):
+            raise SystemExit("--profile needs a name: default or replicated")
+        profile = names[at + 1]
+        del names[at : at + 2]
+    return names, profile
 
 
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "httpcore", "cassandra"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    chosen = argv or BENCHES
+    names, profile = _profile(argv)
+    chosen = names or BENCHES
     results: dict[str, object] = {}
     failed = 0
     settings = StackSettings()
@@ -36,7 +56,13 @@ def main(argv: list[str]) -> int:
         sys.stdout.write(f"\n=== bench {name} ===\n")
         sys.stdout.flush()
         try:
-            figures = importlib.import_module(f"bench.{name}").run()
+            bench = importlib.import_module(f"bench.{name}").run
+            if "profile" in inspect.signature(bench).parameters:
+                figures = bench(profile=profile)
+            elif profile != "default":
+                figures = {"skipped": f"measures the default profile only, not {profile}"}
+            else:
+                figures = bench()
         except Exception:
             failed += 1
             traceback.print_exc()
