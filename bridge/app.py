@@ -51,7 +51,7 @@ async def _heartbeats(
     from confluent_kafka import KafkaException, Producer
 
     interval = settings.bridge_heartbeat_interval_s
-    producer = Producer(producer_config(settings.kafka_bootstrap, interval))
+    producer = Producer(producer_config(settings, interval))
     delay = 1.0
     while not stop.is_set():
         try:
@@ -95,10 +95,7 @@ async def run(settings: BridgeSettings, stop: asyncio.Event | None = None) -> in
     log.info("bridge settings: %s", settings.model_dump_json())
 
     metrics = BridgeMetrics()
-    tenants = RegistryTenants(
-        settings.cassandra_hosts.split(","), settings.cassandra_port, settings.cassandra_keyspace,
-        settings.bridge_unknown_device_ttl_s,
-    )
+    tenants = RegistryTenants(settings, settings.bridge_unknown_device_ttl_s)
     sink: KafkaSink[Token] = KafkaSink(settings.producer_config())
     sink.on_delivery_error = lambda name: metrics.delivery_errors.labels(error=name).inc()
     metrics.kafka_up.set_function(lambda: 1.0 if sink.brokers_up else 0.0)

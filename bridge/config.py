@@ -5,18 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from gateway import contract, endpoints, pki, topics
+from gateway.settings import CassandraConnection, KafkaConfig, KafkaConnection, StackDirSettings
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
-
-class BridgeSettings(BaseSettings):
+class BridgeSettings(StackDirSettings, KafkaConnection, CassandraConnection):
     model_config = SettingsConfigDict(env_prefix="IOT_", extra="ignore")
-
-    # Same variable as the stack runner's, so one IOT_STACK_DIR moves every service's state.
-    stack_dir: Path = REPO_ROOT / ".stack"
 
     mqtt_host: str = endpoints.HOST
     mqtt_port: int = endpoints.MQTT_TLS_PORT
@@ -52,7 +48,6 @@ class BridgeSettings(BaseSettings):
     # while `dropped` was never published means 0 dropped.
     bridge_sys_messages_filter: str = "$SYS/broker/publish/messages/+"
 
-    kafka_bootstrap: str = endpoints.KAFKA_BOOTSTRAP
     bridge_readings_topic: str = topics.KAFKA_READINGS
     # Heartbeats to every partition while quiet (bridge/heartbeat.py), so a silent fleet's last
     # windows close; 0 turns them off.
@@ -67,9 +62,6 @@ class BridgeSettings(BaseSettings):
     bridge_message_timeout_ms: int = 0
     bridge_flush_timeout_s: float = 20.0
 
-    cassandra_hosts: str = endpoints.CASSANDRA_HOSTS
-    cassandra_port: int = endpoints.CASSANDRA_PORT
-    cassandra_keyspace: str = endpoints.CASSANDRA_KEYSPACE
     # A known device's tenant never changes; an unknown one is re-read at most this often.
     bridge_unknown_device_ttl_s: float = 5.0
     # How often device group memberships are re-read: a change of membership counts for the
@@ -78,10 +70,6 @@ class BridgeSettings(BaseSettings):
 
     bridge_metrics_host: str = "127.0.0.1"
     bridge_metrics_port: int = endpoints.BRIDGE_METRICS_PORT
-
-    @property
-    def pki_dir(self) -> Path:
-        return self.stack_dir / "pki"
 
     @property
     def ca_file(self) -> Path:
@@ -105,10 +93,9 @@ class BridgeSettings(BaseSettings):
             )
         return value
 
-    def producer_config(self) -> dict[str, str | int | float | bool]:
+    def producer_config(self) -> KafkaConfig:
         """librdkafka settings: durable (acks=all, idempotent) and batched."""
-        return {
-            "bootstrap.servers": self.kafka_bootstrap,
+        return self.kafka_client_config({
             "client.id": self.bridge_client_id,
             "acks": "all",
             "enable.idempotence": True,
@@ -123,4 +110,4 @@ class BridgeSettings(BaseSettings):
             "message.max.bytes": contract.KAFKA_MAX_MESSAGE_BYTES,
             "reconnect.backoff.ms": 100,
             "reconnect.backoff.max.ms": 2000,
-        }
+        })

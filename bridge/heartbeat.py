@@ -27,6 +27,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from gateway.settings import KafkaConfig, KafkaConnection
+
 log = logging.getLogger(__name__)
 
 HEADER = "iot-heartbeat"
@@ -45,17 +47,16 @@ class HeartbeatProducer(Protocol):
     def flush(self, timeout: float = ...) -> int: ...
 
 
-def producer_config(bootstrap: str, interval_s: float) -> dict[str, str | int | float | bool]:
+def producer_config(kafka: KafkaConnection, interval_s: float) -> KafkaConfig:
     """A producer of its own for heartbeats (the readings' producer confirms to MQTT; a heartbeat
     has nobody to confirm to): unbatched, and giving up on a heartbeat after a few intervals."""
-    return {
-        "bootstrap.servers": bootstrap,
+    return kafka.kafka_client_config({
         "client.id": "bridge-heartbeat",
         "linger.ms": 0,
         "acks": 1,
         "message.timeout.ms": max(1000, int(interval_s * 3000)),
         "queue.buffering.max.messages": 10_000,
-    }
+    })
 
 
 def heartbeat_value(ts_ms: int) -> bytes:

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from gateway.groups import GroupRegistry
 from gateway.registry import DeviceRegistry, RegistryError, TenantCache, connect
+from gateway.settings import CassandraConnection
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +34,9 @@ class TenantLookup(Protocol):
 
 
 class RegistryTenants:
-    def __init__(self, hosts: list[str], port: int, keyspace: str, negative_ttl_s: float) -> None:
-        self._hosts = hosts
-        self._port = port
-        self._keyspace = keyspace
+    def __init__(self, cassandra: CassandraConnection, negative_ttl_s: float) -> None:
+        self._cassandra = cassandra
+        self._keyspace = cassandra.cassandra_keyspace
         self._lock = threading.Lock()
         self._session: Any = None
         self._registry: DeviceRegistry | None = None
@@ -46,7 +46,7 @@ class RegistryTenants:
     def _open(self) -> DeviceRegistry:
         with self._lock:
             if self._registry is None:
-                self._session = connect(self._hosts, self._port)
+                self._session = connect(self._cassandra)
                 self._registry = DeviceRegistry(self._session, self._keyspace)
                 log.info("device registry open (%s.%s)", self._keyspace, "devices")
             return self._registry

@@ -92,8 +92,9 @@ def _source_is_whole(settings: FlinkJobSettings) -> bool:
     """True if every partition of the source topic still starts at offset 0."""
     from confluent_kafka import Consumer, TopicPartition
 
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap,
-                         "group.id": f"{settings.consumer_group}-probe", "log_level": 0})
+    consumer = Consumer(settings.kafka_client_config(
+        {"group.id": f"{settings.consumer_group}-probe", "log_level": 0}
+    ))
     try:
         topic = consumer.list_topics(settings.source_topic, timeout=10).topics[settings.source_topic]
         if topic.error is not None:

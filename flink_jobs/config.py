@@ -3,23 +3,27 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from gateway import endpoints, topics
-from stack.config import REPO_ROOT
+from gateway.settings import KafkaConnection, StackDirSettings
 
 
-class FlinkJobSettings(BaseSettings):
+def _default_checkpoint_dir(data: dict[str, Any]) -> Path:
+    stack_dir: Path = data["stack_dir"]
+    return stack_dir / "flink" / "checkpoints"
+
+
+class FlinkJobSettings(StackDirSettings, KafkaConnection):
+    """IOT_KAFKA_BOOTSTRAP and IOT_STACK_DIR come from gateway.settings, shared with every stage."""
+
     model_config = SettingsConfigDict(env_prefix="IOT_FLINK_", extra="ignore", populate_by_name=True)
 
     job_name: str = "iot-aggregates"
     rest_url: str = endpoints.FLINK_REST_URL
-    kafka_bootstrap: str = Field(
-        default=endpoints.KAFKA_BOOTSTRAP, validation_alias="IOT_KAFKA_BOOTSTRAP"
-    )
     source_topic: str = topics.KAFKA_READINGS
     consumer_group: str = "flink-aggregates"
     sink_topic_1m: str = topics.KAFKA_AGG_1M
@@ -32,7 +36,8 @@ class FlinkJobSettings(BaseSettings):
     # A quiet Kafka partition must not hold back the watermark (windows would never close).
     idle_timeout_s: int = 5
     checkpoint_interval_s: int = 5
-    checkpoint_dir: Path = REPO_ROOT / ".stack" / "flink" / "checkpoints"
+    # Unset: <IOT_STACK_DIR>/flink/checkpoints.
+    checkpoint_dir: Path = Field(default_factory=_default_checkpoint_dir)
     # The Kafka SQL connector jar shipped with the job; the stack runner fills it in.
     connector_jar: Path | None = None
     # Batches updates of the all-time rollup, so Kafka sees one upsert per key per interval.

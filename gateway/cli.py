@@ -10,20 +10,22 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from gateway import endpoints, pki
+from pydantic_settings import SettingsConfigDict
+
+from gateway import pki
 from gateway.contract import TENANT_PATTERN, is_valid_tenant
 from gateway.groups import GroupRegistry, format_groups
 from gateway.registry import DeviceRegistry, RegistryError, connect, provision_device
+from gateway.settings import CassandraConnection
 from stack.config import StackSettings
 
 log = logging.getLogger("iot.certs")
 
 
-class CertsSettings(StackSettings):
+class CertsSettings(StackSettings, CassandraConnection):
     """The stack's paths and ports (IOT_ prefix) plus where the registry lives."""
 
-    cassandra_hosts: str = endpoints.CASSANDRA_HOSTS
-    cassandra_keyspace: str = endpoints.CASSANDRA_KEYSPACE
+    model_config = SettingsConfigDict(env_prefix="IOT_", extra="ignore")
 
 
 class CliError(Exception):
@@ -33,7 +35,7 @@ class CliError(Exception):
 @contextmanager
 def open_registry(settings: CertsSettings) -> Iterator[DeviceRegistry]:
     """The registry for one command; the driver's threads are shut down afterwards."""
-    session = connect(settings.cassandra_hosts.split(","), settings.cassandra_port)
+    session = connect(settings)
     try:
         yield DeviceRegistry(session, settings.cassandra_keyspace)
     finally:
@@ -171,7 +173,7 @@ def devices_main(argv: Sequence[str]) -> int:
 
 @contextmanager
 def open_groups(settings: CertsSettings) -> Iterator[GroupRegistry]:
-    session = connect(settings.cassandra_hosts.split(","), settings.cassandra_port)
+    session = connect(settings)
     try:
         devices = DeviceRegistry(session, settings.cassandra_keyspace)
         yield GroupRegistry(session, devices, settings.cassandra_keyspace)

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway import endpoints
+from gateway import cassandra_session, endpoints
 from gateway.contract import TENANT_PATTERN, is_valid_tenant
 from gateway.pki import Identity, check_device_id, device_paths, fingerprint, issue_device
+from gateway.settings import CassandraConnection
 
 log = logging.getLogger(__name__)
 
@@ -66,28 +67,13 @@ class Device:
     revoked_at: dt.datetime | None = None
 
 
-def connect(
-    hosts: Sequence[str] = (endpoints.CASSANDRA_HOSTS,),
-    port: int = endpoints.CASSANDRA_PORT,
-    timeout_s: float = 10.0,
-) -> Any:
-    """A driver Session; RegistryUnavailable with the address when Cassandra is not up."""
-    from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
-    from cassandra.policies import RoundRobinPolicy
-
-    profile = ExecutionProfile(load_balancing_policy=RoundRobinPolicy(), request_timeout=timeout_s)
-    cluster = Cluster(
-        list(hosts), port=port, connect_timeout=timeout_s, protocol_version=5,
-        execution_profiles={EXEC_PROFILE_DEFAULT: profile},
-    )
+def connect(settings: CassandraConnection | None = None) -> Any:
+    """A driver Session (gateway.cassandra); RegistryUnavailable with the address when Cassandra
+    is not up."""
     try:
-        return cluster.connect()
-    except Exception as exc:
-        cluster.shutdown()
-        raise RegistryUnavailable(
-            f"Cassandra at {','.join(hosts)}:{port} is not reachable ({exc.__class__.__name__}: "
-            f"{exc}); start it with `iot up --only cassandra`"
-        ) from exc
+        return cassandra_session.connect(settings or CassandraConnection())
+    except cassandra_session.CassandraUnavailable as exc:
+        raise RegistryUnavailable(f"{exc}; start it with `iot up --only cassandra`") from exc
 
 
 def _row_to_device(row: Any) -> Device:

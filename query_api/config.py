@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
 
 from gateway import endpoints
+from gateway.settings import CassandraConnection
 
 
-class QueryApiSettings(BaseSettings):
+class QueryApiSettings(CassandraConnection):
     model_config = SettingsConfigDict(env_prefix="IOT_", extra="ignore")
 
     # Shares IOT_QUERY_API_PORT / IOT_CASSANDRA_PORT with the stack runner's settings on purpose.
@@ -30,15 +32,8 @@ class QueryApiSettings(BaseSettings):
     jwks_min_refresh_s: float = 10.0
     jwks_timeout_s: int = 5
 
-    cassandra_hosts: str = endpoints.CASSANDRA_HOSTS
-    cassandra_port: int = endpoints.CASSANDRA_PORT
-    cassandra_keyspace: str = endpoints.CASSANDRA_KEYSPACE
-    # None: the driver takes the data centre of the first contact point.
-    cassandra_local_dc: str | None = None
-    cassandra_timeout_s: float = 5.0
-    # v5 frames every message in CRC-checked segments that cassandra-driver computes in pure
-    # Python (a tenth of the API's CPU in a profile); v4 carries the same reads without them.
-    cassandra_protocol_version: int = 4
+    # Connection in gateway.settings; a read waits less than a batch write.
+    cassandra_timeout_s: float = Field(default=5.0, gt=0, validation_alias="IOT_CASSANDRA_TIMEOUT_S")
 
     # device -> tenant answers are cached; a device's tenant never changes, but a new device
     # must become visible quickly, so misses are cached for a much shorter time.
@@ -65,7 +60,3 @@ class QueryApiSettings(BaseSettings):
     @property
     def accepted_clients(self) -> frozenset[str]:
         return frozenset(c.strip() for c in self.keycloak_accepted_clients.split(",") if c.strip())
-
-    @property
-    def cassandra_contact_points(self) -> list[str]:
-        return [host.strip() for host in self.cassandra_hosts.split(",") if host.strip()]

@@ -1,7 +1,10 @@
 """The Cassandra session of the query API: opened once, prepared statements, asyncio execution.
 
-cassandra-driver answers on its own event-loop thread; `execute` hands each result back to the
-asyncio loop with `call_soon_threadsafe`, so a request never blocks the loop while waiting.
+By default the driver's connections are transports of the API's own loop (loop_connection.py):
+a read is written from the route and its rows decoded and handed to the waiting route in the
+same thread. With `IOT_CASSANDRA_REACTOR=libev` the driver answers on its own reactor thread and
+`execute` hands each result back with `call_soon_threadsafe`. Either way a request never blocks
+the loop while waiting.
 """
 
 from __future__ import annotations
@@ -12,18 +15,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from cassandra import DriverException
-from cassandra.cluster import (
-    EXEC_PROFILE_DEFAULT,
-    Cluster,
-    ExecutionProfile,
-    ResponseFuture,
-    Session,
-)
-from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
+from cassandra.cluster import ResponseFuture, Session
 from cassandra.query import PreparedStatement, SimpleStatement, Statement, tuple_factory
 
+from gateway.cassandra_session import build_cluster
 from query_api.config import QueryApiSettings
 from query_api.errors import DependencyDown
+from query_api.loop_connection import LoopConnection
 
 log = logging.getLogger(__name__)
 
@@ -35,21 +33,8 @@ class CassandraStore:
 
     def __init__(self, settings: QueryApiSettings) -> None:
         self._settings = settings
-        profile = ExecutionProfile(
-            load_balancing_policy=TokenAwarePolicy(
-                DCAwareRoundRobinPolicy(local_dc=settings.cassandra_local_dc)
-            ),
-            request_timeout=settings.cassandra_timeout_s,
-            # Tuples, not named tuples: the repository reads columns by position, and it is faster.
-            row_factory=tuple_factory,
-        )
-        self._cluster = Cluster(
-            contact_points=settings.cassandra_contact_points,
-            port=settings.cassandra_port,
-            execution_profiles={EXEC_PROFILE_DEFAULT: profile},
-            connect_timeout=settings.cassandra_timeout_s,
-            protocol_version=settings.cassandra_protocol_version,
-        )
+        # Tuples, not named tuples: the repository reads columns by position, and it is faster.
+        self._cluster = build_cluster(settings, row_factory=tuple_factory)
         self._session: Session | None = None
         self.last_error: str | None = "not connected yet"
 
@@ -93,10 +78,22 @@ class CassandraStore:
             response: ResponseFuture = session.execute_async(bound)
         except Exception as exc:
             raise DependencyDown(f"Cassandra: {exc}") from exc
-        response.add_callbacks(
-            lambda rows: loop.call_soon_threadsafe(_resolve, future, rows),
-            lambda exc: loop.call_soon_threadsafe(_fail, future, exc),
-        )
+        on_loop = LoopConnection.on_loop
+
+        def done(rows: list[Row] | None) -> None:
+            # On the loop (its own connections answer there): no hand-off needed.
+            if on_loop():
+                _resolve(future, rows)
+            else:
+                loop.call_soon_threadsafe(_resolve, future, rows)
+
+        def failed(exc: BaseException) -> None:
+            if on_loop():
+                _fail(future, exc)
+            else:
+                loop.call_soon_threadsafe(_fail, future, exc)
+
+        response.add_callbacks(done, failed)
         try:
             return await future
         except DependencyDown:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from prometheus_client import start_http_server
 
-from storage.cassandra_session import connect
+from gateway.cassandra_session import connect
 from storage.config import StorageSettings
 from storage.migrate import migrate
 from storage.writer import AggregatesWriter, WriterError
@@ -22,7 +22,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = StorageSettings()
     log.info("settings: %s", settings.model_dump_json())
-    cluster, session = connect(settings.hosts, settings.cassandra_port)
+    session = connect(settings)
+    cluster = session.cluster
     try:
         migrate(session, settings)
     finally:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from cassandra.cluster import Session
 
-from storage.cassandra_session import connect
+from gateway.cassandra_session import connect
 from storage.config import StorageSettings
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     del argv
     settings = StorageSettings()
-    cluster, session = connect(settings.hosts, settings.cassandra_port)
+    session = connect(settings)
+    cluster = session.cluster
     try:
         applied = migrate(session, settings)
         log.info("schema up to date (%d applied now)", len(applied))

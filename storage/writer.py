@@ -17,7 +17,7 @@ from cassandra.query import PreparedStatement
 from confluent_kafka import Consumer, KafkaError, Message
 from prometheus_client import Counter, Gauge, Histogram
 
-from storage.cassandra_session import connect
+from gateway.cassandra_session import connect
 from storage.config import StorageSettings
 from storage.rows import CQL, Row, dedupe, to_row
 
@@ -56,8 +56,7 @@ class AggregatesWriter:
         self.settings = settings
         self._stop = threading.Event()
         self._consumer = Consumer(
-            {
-                "bootstrap.servers": settings.kafka_bootstrap,
+            settings.kafka_client_config({
                 "group.id": settings.writer_group,
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
@@ -66,11 +65,10 @@ class AggregatesWriter:
                 "reconnect.backoff.max.ms": 10_000,
                 # librdkafka's own lines go through logging instead of raw stderr.
                 "logger": logging.getLogger("storage.kafka"),
-            }
+            })
         )
-        self._cluster, self._session = connect(
-            settings.hosts, settings.cassandra_port, settings.cassandra_keyspace
-        )
+        self._session = connect(settings, keyspace=settings.cassandra_keyspace)
+        self._cluster = self._session.cluster
         self._prepared: dict[str, PreparedStatement] = {
             table: self._session.prepare(cql) for table, cql in CQL.items()
         }

@@ -16,6 +16,7 @@ from bridge.heartbeat import (
     producer_config,
     run_heartbeats,
 )
+from gateway.settings import KafkaConnection
 
 
 class RecordingProducer:
@@ -169,7 +170,7 @@ def test_is_heartbeat_by_header_or_value() -> None:
 
 
 def test_producer_gives_up_on_a_beat_after_a_few_intervals() -> None:
-    config = producer_config("k:9092", 1.0)
+    config = producer_config(KafkaConnection(kafka_bootstrap="k:9092"), 1.0)
     assert config["bootstrap.servers"] == "k:9092"
     assert config["message.timeout.ms"] == 3000
-    assert producer_config("k", 0.1)["message.timeout.ms"] == 1000
+    assert producer_config(KafkaConnection(kafka_bootstrap="k"), 0.1)["message.timeout.ms"] == 1000

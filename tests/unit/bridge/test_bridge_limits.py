@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from bridge.config import REPO_ROOT, BridgeSettings
+from bridge.config import BridgeSettings
 from bridge.forwarder import Forwarder, Token
 from bridge.kafka_sink import Headers
 from bridge.metrics import BridgeMetrics
@@ -17,6 +17,7 @@ from gateway.contract import (
     MQTT_MAX_PACKET_BYTES,
     Reading,
 )
+from gateway.settings import REPO_ROOT
 from gateway.topics import KAFKA_DLQ, KAFKA_READINGS
 from stack.services.kafka import TOPICS
 
