@@ -9,7 +9,7 @@ IOT := $(VENV)/bin/iot
 PYTEST := $(VENV)/bin/pytest
 STAMP := $(VENV)/.installed
 
-.PHONY: python up down status test test-unit test-integration test-e2e bench lint venv clean
+.PHONY: python up up-replicated down status test test-unit test-integration test-e2e bench lint venv clean
 
 venv: $(STAMP)
 
@@ -45,6 +45,11 @@ $(STAMP): pyproject.toml
 
 up: $(STAMP)
 	$(IOT) up
+
+# Three Kafka brokers, three Cassandra nodes, two task managers, two bridges and writers, with
+# authentication between services (docs/replicated.md); `make down` stops it like the default.
+up-replicated: $(STAMP)
+	$(IOT) up --profile replicated
 
 down: $(STAMP)
 	$(IOT) down

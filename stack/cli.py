@@ -46,7 +46,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
     from stack.config import StackSettings
     from stack.summary import print_summary
 
-    settings = StackSettings()
+    settings = StackSettings.for_profile(args.profile) if args.profile else StackSettings()
     only = set(args.only.split(",")) if args.only else None
     skip = set(args.skip.split(",")) if args.skip else None
     orchestrator.up(settings, only=only, skip=skip)
@@ -107,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="install what is missing and start the whole stack")
     up.add_argument("--only", help="comma-separated services to start (and nothing else)")
     up.add_argument("--skip", help="comma-separated services not to start")
+    up.add_argument("--profile", choices=["default", "replicated"],
+                    help="default: one node of each service; replicated: 3 Kafka brokers, 3 "
+                         "Cassandra nodes, 2 task managers... (docs/replicated.md); unset: the "
+                         "profile that runs, or default")
     up.set_defaults(func=_cmd_up)
     down = sub.add_parser("down", help="stop what `iot up` started; keeps the data")
     down.add_argument("--purge", action="store_true", help="also delete all state under the stack dir")

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway import endpoints
 from stack import java
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+Profile = Literal["default", "replicated"]
+# The replicated profile keeps all its state in this subdirectory of the stack dir; the stack dir
+# itself names the profile that runs (only one can: both use the contract's ports).
+REPLICATED_DIR = "replicated"
+ACTIVE_PROFILE_FILE = "active-profile"
 
 
 def _default_java21_home(data: dict[str, Any]) -> Path:
@@ -23,7 +29,10 @@ def _default_java21_home(data: dict[str, Any]) -> Path:
 class StackSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="IOT_", extra="ignore")
 
+    # The state of this profile: .stack for the default one, .stack/replicated for the other.
     stack_dir: Path = REPO_ROOT / ".stack"
+    # Unset: the profile recorded by the last `iot up` under stack_dir (stack/profiles.py).
+    profile: Profile | None = None
     # Downloaded artifacts are shared by every clone on the machine and survive `down --purge`.
     cache_dir: Path = Path.home() / ".cache" / "iot-pipeline"
     # Found on the machine by version (stack/java.py); `iot up` installs them when missing.
@@ -58,11 +67,52 @@ class StackSettings(BaseSettings):
     keycloak_user_password: SecretStr = SecretStr("temp")
     keycloak_user_passwords: dict[str, SecretStr] = Field(default_factory=dict)
 
+    # The replicated profile (docs/replicated.md): node counts and the heaps of its many JVMs.
+    replicated_kafka_brokers: int = Field(default=3, ge=1, le=9)
+    replicated_kafka_heap: str = "320m"
+    replicated_kafka_min_insync: int = 2
+    replicated_cassandra_nodes: int = Field(default=3, ge=1, le=9)
+    replicated_cassandra_heap: str = "512m"
+    replicated_cassandra_consistency: str = "LOCAL_QUORUM"
+    replicated_flink_taskmanagers: int = Field(default=2, ge=1, le=9)
+    replicated_flink_taskmanager_memory: str = "1024m"
+    replicated_flink_task_slots: int = 2
+    replicated_flink_parallelism: int = 2
+    replicated_bridges: int = Field(default=2, ge=1, le=9)
+    replicated_writers: int = Field(default=2, ge=1, le=9)
+    replicated_query_api_workers: int = Field(default=2, ge=1, le=16)
+
     ready_timeout_s: float = 180.0
     # `make up` also starts the default emulator (docs/contract.md: 50 devices, 1 reading/s each).
     emulator_devices: int = 50
     emulator_rate: float = 1.0
     emulator_tenant: str = "tenant-a"
+
+    @model_validator(mode="after")
+    def _profile_state(self) -> StackSettings:
+        """The profile decides the state directory: unset, the one `iot up` recorded; the
+        replicated one always lives in stack_dir/replicated (given the base or that dir)."""
+        if self.profile is None:
+            marker = self.stack_dir / ACTIVE_PROFILE_FILE
+            recorded = marker.read_text().strip() if marker.exists() else "default"
+            self.profile = "replicated" if recorded == "replicated" else "default"
+        if self.profile == "replicated" and self.stack_dir.name != REPLICATED_DIR:
+            self.stack_dir = self.stack_dir / REPLICATED_DIR
+        return self
+
+    @classmethod
+    def for_profile(cls, profile: Profile) -> StackSettings:
+        """Settings of the named profile (`iot up --profile NAME`), whatever runs now."""
+        return cls(profile=profile)
+
+    @property
+    def base_stack_dir(self) -> Path:
+        """The stack dir of the default profile, where the running profile is recorded."""
+        return self.stack_dir.parent if self.replicated else self.stack_dir
+
+    @property
+    def replicated(self) -> bool:
+        return self.profile == "replicated"
 
     @cached_property
     def run_dir(self) -> Path:

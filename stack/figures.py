@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 
 from gateway import endpoints
@@ -27,11 +29,13 @@ def scrape(port: int) -> dict[str, float]:
     return values
 
 
-def consumer_lag(bootstrap: str, group: str, topic: str) -> int | None:
-    """Messages of `topic` not yet committed by `group`, or None when Kafka does not answer."""
+def consumer_lag(bootstrap: str | dict[str, Any], group: str, topic: str) -> int | None:
+    """Messages of `topic` not yet committed by `group`, or None when Kafka does not answer.
+    bootstrap: the address, or a whole client config (with the profile's credentials)."""
     from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+    client = {"bootstrap.servers": bootstrap} if isinstance(bootstrap, str) else bootstrap
+    consumer = Consumer({**client, "group.id": group,
                          "enable.auto.commit": False, "socket.timeout.ms": 3000})
     try:
         metadata = consumer.list_topics(topic, timeout=3)

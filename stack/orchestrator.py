@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from itertools import groupby
 from typing import TYPE_CHECKING
 
-from stack import java, process
-from stack.config import StackSettings
+from stack import java, process, topology
+from stack.config import ACTIVE_PROFILE_FILE, StackSettings
 from stack.errors import StackError
 from stack.service import Service
 from stack.services import all_services
@@ -42,10 +43,14 @@ def up(settings: StackSettings, only: set[str] | None = None, skip: set[str] | N
         s for s in all_services(settings)
         if (only is None or s.name in only) and (skip is None or s.name not in skip)
     ]
+    _refuse_other_profile(settings)
     for directory in (settings.stack_dir, settings.run_dir, settings.log_dir, settings.cache_dir):
         directory.mkdir(parents=True, exist_ok=True)
-    # Before the parallel installs: apt and pip run once, and every service sees the runtimes.
-    java.ensure(settings, [s.name for s in services])
+    # Before the parallel installs: apt and pip run once, and every service sees the runtimes
+    # (a node of a replicated service needs what its service needs: kafka-2 -> kafka).
+    java.ensure(settings, [re.sub(r"-\d+$", "", s.name) for s in services])
+    topology.prepare(settings)
+    topology.record_profile(settings)
     _parallel(services, "install")
     for stage, group in groupby(sorted(services, key=lambda s: s.stage), key=lambda s: s.stage):
         members = list(group)
@@ -56,6 +61,20 @@ def up(settings: StackSettings, only: set[str] | None = None, skip: set[str] | N
     elapsed = time.monotonic() - started
     log.info("stack ready in %.1fs", elapsed)
     return elapsed
+
+
+def _refuse_other_profile(settings: StackSettings) -> None:
+    """Both profiles use the contract's ports: one runs at a time, `iot down` in between."""
+    marker = settings.base_stack_dir / ACTIVE_PROFILE_FILE
+    recorded = marker.read_text().strip() if marker.exists() else "default"
+    if recorded == settings.profile:
+        return
+    other = StackSettings.for_profile("replicated" if recorded == "replicated" else "default")
+    if any(s.running() for s in all_services(other) if s.processes()):
+        raise StackError(
+            f"the {recorded} profile is running (state in {other.stack_dir}); stop it with "
+            f"`iot down` before `iot up` starts the {settings.profile} profile"
+        )
 
 
 def down(settings: StackSettings, purge: bool = False) -> None:
@@ -69,6 +88,8 @@ def down(settings: StackSettings, purge: bool = False) -> None:
             service.stop()
         except Exception:
             log.exception("stopping %s failed", service.name)
+    # Nothing runs any more: `iot up` and `iot status` without options mean the default again.
+    topology.forget_profile(settings)
     if purge and settings.stack_dir.exists():
         import shutil
 
@@ -82,7 +103,7 @@ def status(settings: StackSettings) -> list[tuple[str, str, str]]:
 
     supervised = SupervisorState.load(settings.run_dir)
     now = time.time()
-    rows = []
+    rows = [_profile_row(settings)] if settings.replicated else []
     for service in all_services(settings):
         name, state, detail = _status_row(service)
         words = {supervised.processes[spec.name].state for spec in service.processes()
@@ -93,6 +114,20 @@ def status(settings: StackSettings) -> list[tuple[str, str, str]]:
         rows.append((name, state, "; ".join(p for p in parts if p)))
     rows.append(_supervisor_row(settings, supervised, now))
     return rows
+
+
+def _profile_row(settings: StackSettings) -> tuple[str, str, str]:
+    """The replicated profile's topology in one line, above its nodes' rows."""
+    s = settings
+    return ("profile", "running", (
+        f"replicated ({s.stack_dir}): {s.replicated_kafka_brokers} Kafka brokers (replication "
+        f"{s.replicated_kafka_brokers}, min.insync.replicas {s.replicated_kafka_min_insync}, "
+        f"SASL {topology.KAFKA_SASL_MECHANISM}), {s.replicated_cassandra_nodes} Cassandra nodes "
+        f"(replication {s.replicated_cassandra_nodes}, {s.replicated_cassandra_consistency}, "
+        f"password auth), {s.replicated_flink_taskmanagers} task managers (parallelism "
+        f"{s.replicated_flink_parallelism}), {s.replicated_bridges} bridges, "
+        f"{s.replicated_writers} writers, {s.replicated_query_api_workers} query API workers"
+    ))
 
 
 def _supervised(service: Service, state: SupervisorState, now: float) -> list[str]:

@@ -80,6 +80,10 @@ class Service(ABC):
         """Ports only this service binds: held by anything else, the start fails at once."""
         return ()
 
+    def listen_host(self) -> str:
+        """The address own_ports are bound on (a replicated node has a loopback address of its own)."""
+        return "127.0.0.1"
+
     def adopt_marker(self) -> str | None:
         """A command-line piece unique to our own process (a path under the stack dir), so a
         process of ours whose pid file was lost is recorded again instead of started twice."""
@@ -91,11 +95,13 @@ class Service(ABC):
             for spec in self.processes():
                 process.adopt(spec, marker)
         if not self.running():
-            busy = [port for port in self.own_ports() if process.listening(port)]
+            busy = [port for port in self.own_ports()
+                    if process.listening(port, self.listen_host())]
             if busy:
                 raise StackError(
-                    f"{self.name}: port(s) {busy} already in use by a process this stack did not "
-                    f"start (no pid file under {self.settings.run_dir}); stop it or change the port"
+                    f"{self.name}: port(s) {busy} on {self.listen_host()} already in use by a "
+                    f"process this stack did not start (no pid file under {self.settings.run_dir}); "
+                    "stop it or change the port"
                 )
         for spec in self.processes():
             process.start(spec)

@@ -55,7 +55,8 @@ def spec(settings: StackSettings) -> ProcessSpec:
         argv=[sys.executable, "-m", "stack.supervisor"],
         run_dir=settings.run_dir,
         log_file=settings.log_dir / f"{NAME}.log",
-        env={"IOT_STACK_DIR": str(settings.stack_dir), "PYTHONUNBUFFERED": "1"},
+        env={"IOT_STACK_DIR": str(settings.stack_dir), "IOT_PROFILE": str(settings.profile),
+             "PYTHONUNBUFFERED": "1"},
         stop_timeout_s=20.0,
         marker="-m stack.supervisor",
     )

@@ -27,9 +27,23 @@ _REGISTRY: list[tuple[str, str]] = [
 ]
 
 
+# The replicated profile's services: these run several nodes or instances, each its own Service
+# (its own row in `iot status`, its own process to kill); the web console and Prometheus are
+# left out (one port per node would be needed for their targets).
+_REPLICATED_COUNTS = {
+    "KafkaService": "replicated_kafka_brokers",
+    "CassandraService": "replicated_cassandra_nodes",
+    "WriterService": "replicated_writers",
+    "BridgeService": "replicated_bridges",
+}
+_REPLICATED_LEFT_OUT = {"ConsoleService", "PrometheusService"}
+
+
 def all_services(settings: StackSettings) -> list[Service]:
     services: list[Service] = []
     for module_name, class_name in _REGISTRY:
+        if settings.replicated and class_name in _REPLICATED_LEFT_OUT:
+            continue
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
@@ -39,7 +53,12 @@ def all_services(settings: StackSettings) -> list[Service]:
                 raise
             log.debug("service module %s not present, skipped", module_name)
             continue
-        services.append(getattr(module, class_name)(settings))
+        cls = getattr(module, class_name)
+        count_field = _REPLICATED_COUNTS.get(class_name) if settings.replicated else None
+        if count_field is None:
+            services.append(cls(settings))
+        else:
+            services.extend(cls(settings, n) for n in range(1, getattr(settings, count_field) + 1))
     return services
 
 

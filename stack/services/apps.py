@@ -12,10 +12,25 @@ from pathlib import Path
 
 import httpx
 
-from gateway import endpoints
+from gateway import endpoints, pki
+from stack import topology
+from stack.config import StackSettings
 from stack.errors import StackError
 from stack.process import ProcessSpec
 from stack.service import NotReady, Service, http_ready
+
+# Instance N of a service run several times listens for metrics on its port + 10 * (N - 1).
+_INSTANCE_PORT_STEP = 10
+
+
+def profile_env(settings: StackSettings) -> dict[str, str]:
+    """The environment every program of the stack gets: its state dir, its profile, and the
+    addresses and credentials of the profile's Kafka and Cassandra (stack/topology.py)."""
+    return {
+        "IOT_STACK_DIR": str(settings.stack_dir),
+        "IOT_PROFILE": str(settings.profile),
+        **topology.service_env(settings),
+    }
 
 
 class _PythonService(Service):
@@ -23,46 +38,86 @@ class _PythonService(Service):
     args: tuple[str, ...] = ()
 
     def env(self) -> dict[str, str]:
-        return {"IOT_STACK_DIR": str(self.settings.stack_dir), "PYTHONUNBUFFERED": "1"}
+        return {**profile_env(self.settings), "PYTHONUNBUFFERED": "1"}
 
     def processes(self) -> list[ProcessSpec]:
         argv = [sys.executable, "-m", self.module, *self.args]
         return [self.spec(self.name, argv, env=self.env())]
 
 
-class WriterService(_PythonService):
+class _InstanceService(_PythonService):
+    """A stateless program the replicated profile runs several times (instance 1, 2, ...)."""
+
+    base_name: str
+    base_port: int
+
+    def __init__(self, settings: StackSettings, instance: int | None = None) -> None:
+        super().__init__(settings)
+        self.instance = instance
+        self.name = self.base_name if instance is None else f"{self.base_name}-{instance}"
+
+    @property
+    def metrics_port(self) -> int:
+        return self.base_port + _INSTANCE_PORT_STEP * ((self.instance or 1) - 1)
+
+
+class WriterService(_InstanceService):
     """Migrates the Cassandra schema, then writes Flink's aggregates to Cassandra."""
 
     name = "writer"
+    base_name = "writer"
+    base_port = endpoints.WRITER_METRICS_PORT
     stage = 1
     module = "storage"
 
+    def env(self) -> dict[str, str]:
+        extra = {"IOT_WRITER_METRICS_PORT": str(self.metrics_port)} if self.instance else {}
+        return {**super().env(), **extra}
+
     def check_ready(self) -> None:
-        http_ready(f"http://127.0.0.1:{endpoints.WRITER_METRICS_PORT}/metrics")
+        http_ready(f"http://127.0.0.1:{self.metrics_port}/metrics")
 
     def describe(self) -> str:
         import time
 
         from stack.figures import scrape
 
-        m = scrape(endpoints.WRITER_METRICS_PORT)
+        m = scrape(self.metrics_port)
         last = m.get('iot_writer_last_window_end_seconds{table="agg_1m"}', 0.0)
         written = time.strftime("%H:%M:%S", time.gmtime(last)) + "Z" if last else "none yet"
         return f"rows written {m.get('iot_writer_rows_total', 0):.0f}, newest 1m window end {written}"
 
 
-class BridgeService(_PythonService):
+class BridgeService(_InstanceService):
     name = "bridge"
+    base_name = "bridge"
+    base_port = endpoints.BRIDGE_METRICS_PORT
     stage = 1
     module = "bridge"
 
+    def env(self) -> dict[str, str]:
+        if not self.instance:
+            return super().env()
+        return {
+            **super().env(),
+            "IOT_BRIDGE_METRICS_PORT": str(self.metrics_port),
+            # Its own identity: the broker lets bridge identities share the telemetry group.
+            "IOT_BRIDGE_CLIENT_ID": pki.bridge_cn(self.instance),
+        }
+
+    def start(self) -> None:
+        if self.instance:
+            # After Mosquitto's stage made the CA: the instance's certificate, made if missing.
+            pki.bridge_identity(self.settings.pki_dir, self.instance)
+        super().start()
+
     def check_ready(self) -> None:
-        http_ready(f"http://127.0.0.1:{endpoints.BRIDGE_METRICS_PORT}/health")
+        http_ready(f"http://127.0.0.1:{self.metrics_port}/health")
 
     def describe(self) -> str:
         from stack.figures import scrape
 
-        m = scrape(endpoints.BRIDGE_METRICS_PORT)
+        m = scrape(self.metrics_port)
         return (f"messages in {m.get('bridge_messages_received_total', 0):.0f}, "
                 f"to Kafka {m.get('bridge_messages_produced_total', 0):.0f}, "
                 f"DLQ {m.get('bridge_messages_dlq_total', 0):.0f}")
@@ -72,6 +127,12 @@ class QueryApiService(_PythonService):
     name = "query-api"
     stage = 2
     module = "query_api"
+
+    @property
+    def args(self) -> tuple[str, ...]:  # type: ignore[override]
+        # Worker processes sharing the port (uvicorn's): the replicated profile runs several.
+        workers = self.settings.replicated_query_api_workers if self.settings.replicated else 1
+        return ("--workers", str(workers)) if workers > 1 else ()
 
     def check_ready(self) -> None:
         http_ready(f"http://127.0.0.1:{self.settings.query_api_port}/health")
@@ -111,6 +172,7 @@ class FlinkJobService(Service):
         from stack.services.flink import kafka_connector_jar
 
         return {
+            **profile_env(self.settings),
             "IOT_FLINK_CONNECTOR_JAR": str(kafka_connector_jar(self.settings)),
             "IOT_FLINK_CHECKPOINT_DIR": str(self.settings.stack_dir / "flink" / "checkpoints"),
             "IOT_FLINK_REST_URL": f"http://localhost:{self.settings.flink_rest_port}",
@@ -187,13 +249,13 @@ class FlinkJobService(Service):
 
     def describe(self) -> str:
         from flink_jobs.config import FlinkJobSettings
-        from stack.figures import consumer_lag, kafka_bootstrap
+        from stack.figures import consumer_lag
 
         job = self._job()
         if job is None:
             return "no job"
         job_settings = FlinkJobSettings()
-        lag = consumer_lag(kafka_bootstrap(self.settings.kafka_port), job_settings.consumer_group,
+        lag = consumer_lag(topology.kafka_client_config(self.settings), job_settings.consumer_group,
                            job_settings.source_topic)
         line = f"job {job['jid']} {job['state']}, consumer lag {lag if lag is not None else '?'}"
         return line + self._duplicates(str(job["jid"]))

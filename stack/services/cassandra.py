@@ -1,9 +1,15 @@
-"""Cassandra 5.0 as one small local node, run straight from the Maven Central jars.
+"""Cassandra 5.0 as small local nodes, run straight from the Maven Central jars.
 
 We render a minimal cassandra.yaml and logback.xml under .stack/cassandra/ and start
 CassandraDaemon with the JVM options the distribution's jvm17-server.options would give it,
 plus the system properties that skip the waits a multi-node cluster needs (gossip settling,
 ring delay), so a single node answers CQL within seconds.
+
+The replicated profile (stack/topology.py) runs `replicated_cassandra_nodes` nodes, node N on
+127.0.0.N with the contract's ports. A fresh cluster starts all of them at once: every node is a
+seed with a precomputed token (nothing to bootstrap or stream, no token allocation, no range
+movement to serialise). Password authentication: the built-in superuser is replaced by our own,
+and the services log in as the application role, which may do anything in the app keyspace.
 """
 
 from __future__ import annotations
@@ -13,14 +19,17 @@ import logging
 import os
 import shutil
 import socket
+import time
 from pathlib import Path
 
-from cassandra import ProtocolVersion
-from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, Session
-from cassandra.policies import RoundRobinPolicy
+from cassandra import AuthenticationFailed, ProtocolVersion
+from cassandra.auth import PlainTextAuthProvider
+from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, Session
+from cassandra.policies import RoundRobinPolicy, WhiteListRoundRobinPolicy
 
 from gateway import endpoints
-from stack import artifacts
+from stack import artifacts, topology
+from stack.config import StackSettings
 from stack.errors import StackError
 from stack.process import ProcessSpec
 from stack.service import NotReady, Service
@@ -29,6 +38,8 @@ from stack.services import prometheus
 log = logging.getLogger(__name__)
 
 CLUSTER_NAME = "iot"
+# How long the first start of a replicated cluster may take to create its built-in superuser.
+_DEFAULT_ROLE_WAIT_S = 120.0
 
 # From Cassandra 5.0's conf/jvm17-server.options ("JPMS"): the daemon reaches into JDK internals.
 _JPMS = [
@@ -97,9 +108,36 @@ def _no_mlock() -> list[str]:
     return [setpriv, "--bounding-set=-ipc_lock", "--inh-caps=-ipc_lock", "--"]
 
 
+def _token(node: int, nodes: int) -> str:
+    """Murmur3 tokens spread evenly: each of `nodes` nodes owns an equal share of the ring."""
+    return str(-(2**63) + (node - 1) * (2**64 // nodes))
+
+
+def _is_auth_failure(exc: Exception) -> bool:
+    if isinstance(exc, AuthenticationFailed):
+        return True
+    errors = getattr(exc, "errors", {}) if isinstance(exc, NoHostAvailable) else {}
+    return bool(errors) and all(isinstance(e, AuthenticationFailed) for e in errors.values())
+
+
 class CassandraService(Service):
     name = "cassandra"
     stage = 0
+
+    def __init__(self, settings: StackSettings, node: int | None = None) -> None:
+        """node None: the default profile's single node; N: node N of the replicated cluster."""
+        super().__init__(settings)
+        self.node = node
+        if node is not None:
+            self.name = f"cassandra-{node}"
+
+    @property
+    def address(self) -> str:
+        return topology.node_host(self.node) if self.node is not None else "127.0.0.1"
+
+    @property
+    def nodes(self) -> list[int]:
+        return topology.cassandra_nodes(self.settings)
 
     @property
     def home_dir(self) -> Path:
@@ -114,7 +152,7 @@ class CassandraService(Service):
         return self.home_dir / "conf" / "logback.xml"
 
     def install(self) -> None:
-        artifacts.fetch(self.settings, self.name)
+        artifacts.fetch(self.settings, "cassandra")
         prometheus.install_jmx_agent(self.settings)
         self.config_file.parent.mkdir(parents=True, exist_ok=True)
         self.config_file.write_text(self._yaml())
@@ -140,10 +178,10 @@ class CassandraService(Service):
             "commitlog_total_space": "256MiB",
             "seed_provider": [{
                 "class_name": "org.apache.cassandra.locator.SimpleSeedProvider",
-                "parameters": [{"seeds": f"127.0.0.1:{s.cassandra_storage_port}"}],
+                "parameters": [{"seeds": self._seeds()}],
             }],
-            "listen_address": "127.0.0.1",
-            "rpc_address": "127.0.0.1",
+            "listen_address": self.address,
+            "rpc_address": self.address,
             "storage_port": s.cassandra_storage_port,
             "native_transport_port": s.cassandra_port,
             "start_native_transport": True,
@@ -175,18 +213,40 @@ class CassandraService(Service):
             "auto_snapshot": False,
             "hinted_handoff_enabled": False,
         }
+        if self.node is not None:
+            config.update(self._cluster_yaml())
         header = "# Written by stack/services/cassandra.py on every `iot up`; edit that instead.\n"
         return header + json.dumps(config, indent=2) + "\n"
 
+    def _seeds(self) -> str:
+        port = self.settings.cassandra_storage_port
+        hosts = [topology.node_host(n) for n in self.nodes] or ["127.0.0.1"]
+        return ",".join(f"{host}:{port}" for host in hosts)
+
+    def _cluster_yaml(self) -> dict[str, object]:
+        """A node of the replicated cluster: its own token, authentication, hints."""
+        assert self.node is not None
+        return {
+            "initial_token": _token(self.node, len(self.nodes)),
+            # Every node is a seed of a fresh cluster: none bootstraps (streams) from another.
+            "auto_bootstrap": False,
+            "authenticator": "PasswordAuthenticator",
+            "authorizer": "CassandraAuthorizer",
+            # A node that was down gets the writes it missed replayed by the others.
+            "hinted_handoff_enabled": True,
+            "max_hint_window": "3h",
+        }
+
     def _java(self) -> list[str]:
         s = self.settings
-        lib = artifacts.lib_dir(s, self.name)
+        lib = artifacts.lib_dir(s, "cassandra")
         jamm = sorted(lib.glob("jamm-*.jar"))
+        heap = s.cassandra_heap if self.node is None else s.replicated_cassandra_heap
         return [
             str(s.java17_home / "bin" / "java"),
             # The heap starts small and G1 hands idle memory back (periodic GC, low free ratio):
             # the idle stack's RSS budget matters more here than avoiding heap resizes.
-            f"-Xms{_initial_heap(s.cassandra_heap)}", f"-Xmx{s.cassandra_heap}",
+            f"-Xms{_initial_heap(heap)}", f"-Xmx{heap}",
             "-XX:G1PeriodicGCInterval=30000", "-XX:MinHeapFreeRatio=10", "-XX:MaxHeapFreeRatio=30",
             "-Xss256k",
             "-XX:+UseG1GC", "-XX:+ParallelRefProcEnabled", "-XX:MaxGCPauseMillis=300",
@@ -203,8 +263,9 @@ class CassandraService(Service):
             *_JPMS,
             # jamm measures object sizes for memtable accounting; it wants to be an agent.
             *([f"-javaagent:{jamm[0]}"] if jamm else []),
-            # Metrics for Prometheus (observability/jmx/cassandra.yml).
-            *prometheus.jmx_agent_args(s, self.name),
+            # Metrics for Prometheus (observability/jmx/cassandra.yml); the replicated profile
+            # runs without Prometheus.
+            *(prometheus.jmx_agent_args(s, "cassandra") if self.node is None else []),
             f"-Dcassandra.config=file://{self.config_file}",
             f"-Dlogback.configurationFile={self.logback_file}",
             f"-Dcassandra.storagedir={self.home_dir}",
@@ -214,13 +275,18 @@ class CassandraService(Service):
             "-Dcassandra.skip_wait_for_gossip_to_settle=0",
             "-Dcassandra.ring_delay_ms=100",
             "-Dcassandra.superuser_setup_delay_ms=0",
+            # Nodes of a fresh cluster start together: nothing moves, nothing to serialise.
+            *(["-Dcassandra.consistent.rangemovement=false"] if self.node is not None else []),
             "-Dcassandra.libjemalloc=-",
-            "-cp", artifacts.classpath(s, self.name),
+            "-cp", artifacts.classpath(s, "cassandra"),
             "org.apache.cassandra.service.CassandraDaemon",
         ]
 
     def own_ports(self) -> tuple[int, ...]:
         return (self.settings.cassandra_port, self.settings.cassandra_storage_port)
+
+    def listen_host(self) -> str:
+        return self.address
 
     def adopt_marker(self) -> str:
         return f"-Dcassandra.config=file://{self.config_file}"
@@ -230,20 +296,34 @@ class CassandraService(Service):
         return [self.spec(self.name, _no_mlock() + self._java(), cwd=self.home_dir,
                           stop_timeout_s=60.0)]
 
-    def _cluster(self) -> Cluster:
-        profile = ExecutionProfile(load_balancing_policy=RoundRobinPolicy(), request_timeout=10.0)
+    def _cluster(self, credentials: tuple[str, str] | None = None, own_node: bool = False) -> Cluster:
+        if own_node:
+            # Only this node: its readiness, not whichever node answers first.
+            policy: RoundRobinPolicy = WhiteListRoundRobinPolicy([self.address])
+        else:
+            policy = RoundRobinPolicy()
+        profile = ExecutionProfile(load_balancing_policy=policy, request_timeout=10.0)
+        contact = [self.address] if self.node is not None else [endpoints.HOST]
         return Cluster(
-            [endpoints.HOST],
+            contact,
             port=self.settings.cassandra_port,
             # Cassandra 5.0 speaks v5; saying so skips the driver's noisy downgrade dance.
             protocol_version=ProtocolVersion.V5,
             execution_profiles={EXEC_PROFILE_DEFAULT: profile},
             connect_timeout=2.0,
             control_connection_timeout=2.0,
+            auth_provider=PlainTextAuthProvider(*credentials) if credentials else None,
         )
 
-    def _session(self) -> tuple[Cluster, Session]:
-        cluster = self._cluster()
+    def _admin_credentials(self) -> tuple[str, str] | None:
+        if self.node is None:
+            return None
+        role = topology.CASSANDRA_ADMIN_ROLE
+        return role, topology.cassandra_password(self.settings, role)
+
+    def _session(self, credentials: tuple[str, str] | None = None,
+                 own_node: bool = False) -> tuple[Cluster, Session]:
+        cluster = self._cluster(credentials or self._admin_credentials(), own_node)
         try:
             return cluster, cluster.connect()
         except Exception:
@@ -252,15 +332,19 @@ class CassandraService(Service):
 
     def check_ready(self) -> None:
         port = self.settings.cassandra_port
+        where = f"{self.address}:{port}"
         # A plain TCP probe first: the driver logs a traceback for every refused connection.
         try:
-            socket.create_connection((endpoints.HOST, port), timeout=1.0).close()
+            socket.create_connection((self.address, port), timeout=1.0).close()
         except OSError as exc:
-            raise NotReady(f"CQL port localhost:{port} not open: {exc}") from exc
+            raise NotReady(f"CQL port {where} not open: {exc}") from exc
         try:
-            cluster, session = self._session()
+            cluster, session = self._session(own_node=True)
         except Exception as exc:  # the driver raises several unrelated types while starting
-            raise NotReady(f"CQL connect to localhost:{port}: {exc}") from exc
+            if self.node is not None and _is_auth_failure(exc):
+                # The node answers CQL; our superuser does not exist yet (initialise creates it).
+                return
+            raise NotReady(f"CQL connect to {where}: {exc}") from exc
         try:
             row = session.execute("SELECT release_version FROM system.local").one()
         except Exception as exc:
@@ -271,24 +355,77 @@ class CassandraService(Service):
             raise NotReady("CQL SELECT release_version FROM system.local: no row")
 
     def initialise(self) -> None:
+        if self.node not in (None, 1):
+            return  # the cluster's schema and roles are set up once, through its first node
         keyspace = endpoints.CASSANDRA_KEYSPACE
-        replication = {
-            "class": "SimpleStrategy",
-            "replication_factor": str(self.settings.cassandra_replication_factor),
-        }
-        # CQL map literals use single quotes; the values are ours, not user input.
         cql = (
             f"CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = "
-            + json.dumps(replication).replace('"', "'")
+            + topology.cassandra_replication(self.settings)
         )
+        if self.node is not None:
+            self._secure_cluster()
         cluster, session = self._session()
         try:
             session.execute(cql)
+            if self.node is not None:
+                self._app_role(session, keyspace)
         except Exception as exc:
             raise StackError(f"cassandra: creating keyspace {keyspace} failed: {exc}") from exc
         finally:
             cluster.shutdown()
         log.info("cassandra: keyspace %s present", keyspace)
+
+    def _secure_cluster(self) -> None:
+        """First start of a replicated cluster: our superuser replaces the built-in one, whose
+        well-known password is changed and whose login is disabled; the auth keyspace gets one
+        replica per node, so a login survives a node's loss."""
+        try:
+            self._session()[0].shutdown()
+            return  # done on an earlier start
+        except Exception as exc:
+            if not _is_auth_failure(exc):
+                raise StackError(f"cassandra: connecting as {topology.CASSANDRA_ADMIN_ROLE}: {exc}") from exc
+        default = (topology.CASSANDRA_DEFAULT_ROLE, topology.CASSANDRA_DEFAULT_PASSWORD)
+        deadline = time.monotonic() + _DEFAULT_ROLE_WAIT_S
+        while True:  # the built-in role is created by the nodes a few seconds after they start
+            try:
+                cluster, session = self._session(default)
+                break
+            except Exception as exc:
+                if time.monotonic() > deadline:
+                    raise StackError(f"cassandra: the built-in superuser never appeared: {exc}") from exc
+                time.sleep(1.0)
+        admin_role, admin_password = self._admin_credentials() or ("", "")
+        factor = len(self.nodes)
+        try:
+            session.execute(
+                "ALTER KEYSPACE system_auth WITH replication = "
+                f"{{'class': 'SimpleStrategy', 'replication_factor': {factor}}}"
+            )
+            session.execute(
+                f"CREATE ROLE IF NOT EXISTS {admin_role} WITH SUPERUSER = true AND LOGIN = true "
+                "AND PASSWORD = %s", (admin_password,)
+            )
+        finally:
+            cluster.shutdown()
+        cluster, session = self._session()
+        try:
+            retired = topology.cassandra_password(self.settings, topology.CASSANDRA_DEFAULT_ROLE)
+            session.execute(
+                f"ALTER ROLE {topology.CASSANDRA_DEFAULT_ROLE} WITH PASSWORD = %s "
+                "AND SUPERUSER = false AND LOGIN = false", (retired,)
+            )
+        finally:
+            cluster.shutdown()
+        log.info("cassandra: superuser %s created, the built-in one disabled", admin_role)
+
+    def _app_role(self, session: Session, keyspace: str) -> None:
+        role = topology.CASSANDRA_APP_ROLE
+        password = topology.cassandra_password(self.settings, role)
+        session.execute(
+            f"CREATE ROLE IF NOT EXISTS {role} WITH LOGIN = true AND PASSWORD = %s", (password,)
+        )
+        session.execute(f"GRANT ALL PERMISSIONS ON KEYSPACE {keyspace} TO {role}")
 
     def describe(self) -> str:
         cluster, session = self._session()
@@ -297,8 +434,13 @@ class CassandraService(Service):
             keyspaces = session.execute(
                 "SELECT keyspace_name FROM system_schema.keyspaces"
             ).all()
+            hosts = cluster.metadata.all_hosts()
         finally:
             cluster.shutdown()
         user = [k.keyspace_name for k in keyspaces if not k.keyspace_name.startswith("system")]
         version = row.release_version if row is not None else "?"
-        return f"Cassandra {version} at localhost:{self.settings.cassandra_port}, keyspaces {user}"
+        if self.node is None:
+            return f"Cassandra {version} at localhost:{self.settings.cassandra_port}, keyspaces {user}"
+        up = sum(1 for h in hosts if h.is_up)
+        return (f"Cassandra {version} at {self.address}:{self.settings.cassandra_port}, token "
+                f"{_token(self.node, len(self.nodes))}, {up}/{len(hosts)} nodes up, keyspaces {user}")

@@ -171,15 +171,18 @@ def _classpath() -> str:
     return ":".join(str(jar) for jar in jars)
 
 
-def _daemon_spec(settings: StackSettings, role: str) -> ProcessSpec:
-    """java directly, as the distribution's scripts would run it (their flags, computed once)."""
+def _daemon_spec(settings: StackSettings, role: str, index: int | None = None) -> ProcessSpec:
+    """java directly, as the distribution's scripts would run it (their flags, computed once).
+    index: task manager N of several (replicated profile)."""
     main_class, _ = _ROLES[role]
     jvm_args, dynamic_args = _memory_params(settings, role)
     conf = conf_dir(settings)
-    name = f"flink-{role}"
+    instance = role if index is None else f"{role}-{index}"
+    name = f"flink-{instance}"
     log_file = settings.log_dir / f"{name}.log"
     # A per-process io.tmp.dirs: also the distinctive text that marks the pid as ours.
-    tmp_property = f"io.tmp.dirs={_tmp_dir(settings, role)}"
+    tmp_property = f"io.tmp.dirs={_tmp_dir(settings, instance)}"
+    reporter_port = prometheus.flink_reporter_port(role) + (index - 1 if index else 0)
     argv = [
         str(settings.java17_home / "bin" / "java"),
         *jvm_args,
@@ -192,7 +195,7 @@ def _daemon_spec(settings: StackSettings, role: str) -> ProcessSpec:
         "--configDir", str(conf),
         *dynamic_args,
         # Each daemon's Prometheus reporter on its own fixed port (a range would race).
-        "-D", f"metrics.reporter.prom.port={prometheus.flink_reporter_port(role)}",
+        "-D", f"metrics.reporter.prom.port={reporter_port}",
         "-D", tmp_property,
     ]
     return ProcessSpec(
@@ -212,9 +215,20 @@ def jobmanager_spec(settings: StackSettings) -> ProcessSpec:
     return _daemon_spec(settings, "jobmanager")
 
 
-def taskmanager_spec(settings: StackSettings) -> ProcessSpec:
+def taskmanager_spec(settings: StackSettings, index: int | None = None) -> ProcessSpec:
     """The TaskManager alone: failure tests `process.kill()` and `process.start()` it."""
-    return _daemon_spec(settings, "taskmanager")
+    return _daemon_spec(settings, "taskmanager", index)
+
+
+def taskmanager_specs(settings: StackSettings) -> list[ProcessSpec]:
+    """Every TaskManager of the profile: one, or replicated_flink_taskmanagers of them."""
+    if not settings.replicated:
+        return [taskmanager_spec(settings)]
+    return [taskmanager_spec(settings, n) for n in range(1, settings.replicated_flink_taskmanagers + 1)]
+
+
+def taskmanager_count(settings: StackSettings) -> int:
+    return settings.replicated_flink_taskmanagers if settings.replicated else 1
 
 
 def _java_opts() -> str:
@@ -273,6 +287,17 @@ def cluster_config(settings: StackSettings) -> dict[str, str]:
         "python.executable": _python(),
         "python.client.executable": _python(),
         **prometheus.flink_reporter_config(),
+        **(_replicated_config(settings) if settings.replicated else {}),
+    }
+
+
+def _replicated_config(settings: StackSettings) -> dict[str, str]:
+    """Several smaller TaskManagers, the job's subtasks spread over them: one TaskManager's
+    loss leaves enough slots on the others to restart the whole job from its checkpoint."""
+    return {
+        "taskmanager.memory.process.size": settings.replicated_flink_taskmanager_memory,
+        "taskmanager.numberOfTaskSlots": str(settings.replicated_flink_task_slots),
+        "cluster.evenly-spread-out-slots": "true",
     }
 
 
@@ -285,9 +310,11 @@ class FlinkService(Service):
         prometheus.link_flink_reporter(self.settings)
         conf = conf_dir(self.settings)
         conf.mkdir(parents=True, exist_ok=True)
+        tm_dirs = [_tmp_dir(self.settings, spec.name.removeprefix("flink-"))
+                    for spec in taskmanager_specs(self.settings)]
         for path in (
             checkpoint_dir(self.settings), savepoint_dir(self.settings),
-            _tmp_dir(self.settings, "jobmanager"), _tmp_dir(self.settings, "taskmanager"),
+            _tmp_dir(self.settings, "jobmanager"), *tm_dirs,
             state_dir(self.settings) / "log", state_dir(self.settings) / "run",
         ):
             path.mkdir(parents=True, exist_ok=True)
@@ -301,7 +328,7 @@ class FlinkService(Service):
         _compute_memory_params(self.settings, config_text)
 
     def processes(self) -> list[ProcessSpec]:
-        return [jobmanager_spec(self.settings), taskmanager_spec(self.settings)]
+        return [jobmanager_spec(self.settings), *taskmanager_specs(self.settings)]
 
     def start(self) -> None:
         # Ports held by a cluster we did not start: fail now, and clearly. A lone TaskManager
@@ -324,8 +351,10 @@ class FlinkService(Service):
 
     def check_ready(self) -> None:
         overview = self._overview()
-        if overview.get("taskmanagers", 0) < 1:
-            raise NotReady("GET /overview: no task manager registered")
+        wanted = taskmanager_count(self.settings)
+        if overview.get("taskmanagers", 0) < wanted:
+            raise NotReady(f"GET /overview: {overview.get('taskmanagers', 0)} of {wanted} task "
+                           "manager(s) registered")
         # A free slot is the answer; a cluster whose slots are all taken by running jobs
         # (a second `iot up`) is just as ready.
         if overview.get("slots-available", 0) < 1 and overview.get("jobs-running", 0) < 1:

@@ -1,7 +1,10 @@
-"""Kafka 4.x in KRaft mode: one JVM that is both broker and controller, no ZooKeeper.
+"""Kafka 4.x in KRaft mode: each JVM is both broker and controller, no ZooKeeper.
 
 The jars come from Maven Central (stack/maven/kafka.pom.xml); we run `kafka.Kafka` with our own
-server.properties and log4j2 config instead of the distribution's shell scripts.
+server.properties and log4j2 config instead of the distribution's shell scripts. The default
+profile runs one node on localhost; the replicated one (stack/topology.py) runs
+`replicated_kafka_brokers` of them, node N on 127.0.0.N, SASL/SCRAM on the client and
+inter-broker listener, every topic replicated to 3 with min.insync.replicas 2.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import base64
 import logging
 import subprocess
+import threading
 import uuid
 from pathlib import Path
 
@@ -19,7 +23,8 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from gateway import contract, topics
-from stack import artifacts
+from stack import artifacts, topology
+from stack.config import StackSettings
 from stack.errors import StackError
 from stack.process import ProcessSpec
 from stack.service import NotReady, Service
@@ -28,6 +33,8 @@ from stack.services import prometheus
 log = logging.getLogger(__name__)
 
 NODE_ID = 1
+# The nodes of a cluster install in parallel threads: one of them generates the shared cluster id.
+_CLUSTER_ID_LOCK = threading.Lock()
 
 _BRIDGE_TOPIC_CONFIG = {"max.message.bytes": str(contract.KAFKA_MAX_MESSAGE_BYTES)}
 # (topic, partitions, topic configs) created by initialise(); names are defined in gateway.topics.
@@ -83,6 +90,25 @@ class KafkaService(Service):
     name = "kafka"
     stage = 0
 
+    def __init__(self, settings: StackSettings, node: int | None = None) -> None:
+        """node None: the default profile's single broker; N: node N of the replicated one."""
+        super().__init__(settings)
+        self.node = node
+        if node is not None:
+            self.name = f"kafka-{node}"
+
+    @property
+    def node_id(self) -> int:
+        return self.node or NODE_ID
+
+    @property
+    def host(self) -> str:
+        return topology.node_host(self.node) if self.node is not None else "localhost"
+
+    @property
+    def replicas(self) -> int:
+        return len(topology.kafka_nodes(self.settings)) or 1
+
     @property
     def data_dir(self) -> Path:
         return self.settings.service_dir(self.name) / "data"
@@ -101,19 +127,27 @@ class KafkaService(Service):
 
     @property
     def bootstrap(self) -> str:
-        return f"localhost:{self.settings.kafka_port}"
+        """This node's own client address (readiness asks this broker, not any broker)."""
+        return f"{self.host}:{self.settings.kafka_port}"
 
     def install(self) -> None:
-        artifacts.fetch(self.settings, self.name)
+        artifacts.fetch(self.settings, "kafka")
         prometheus.install_jmx_agent(self.settings)
         self.settings.service_dir(self.name).mkdir(parents=True, exist_ok=True)
-        self.config_file.write_text(self._server_properties())
+        # The replicated profile's file holds the inter-broker password: owner only.
+        topology.write_private(self.config_file, self._server_properties())
         self.log4j_file.write_text(_LOG4J2.format(log_file=self.log_file))
         self._format_storage()
 
     def _cluster_id(self) -> str:
-        """Generated once and kept in .stack, so the formatted log dirs always match it."""
-        path = self.settings.service_dir(self.name) / "cluster.id"
+        """Generated once and kept in .stack, so the formatted log dirs always match it (one id
+        for all nodes of a cluster, written by the first of their parallel installs)."""
+        with _CLUSTER_ID_LOCK:
+            return self._cluster_id_locked()
+
+    def _cluster_id_locked(self) -> str:
+        path = self.settings.service_dir("kafka") / "cluster.id"
+        path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists():
             stored = path.read_text().strip()
             # An id from before new_cluster_id avoided a leading '-' is kept once it is in use.
@@ -133,35 +167,80 @@ class KafkaService(Service):
             "--cluster-id", self._cluster_id(),
             "--config", str(self.config_file),
             "--ignore-formatted",
+            *self._scram_credentials(),
         ]
         result = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
         if result.returncode != 0:
             tail = "\n".join((result.stdout + result.stderr).splitlines()[-20:])
             raise StackError(f"kafka: formatting the storage failed:\n{tail}")
 
-    def _server_properties(self) -> str:
+    def _scram_credentials(self) -> list[str]:
+        """SCRAM users written into the new cluster's first metadata (replicated profile)."""
+        if self.node is None:
+            return []
+        args = []
+        for user in (topology.KAFKA_ADMIN_USER, topology.KAFKA_APP_USER):
+            password = topology.kafka_password(self.settings, user)
+            args += ["--add-scram", f"{topology.KAFKA_SASL_MECHANISM}=[name={user},password={password}]"]
+        return args
+
+    def _listener_properties(self) -> dict[str, str]:
         s = self.settings
+        if self.node is None:
+            return {
+                "controller.quorum.voters": f"{NODE_ID}@localhost:{s.kafka_controller_port}",
+                "listeners": f"PLAINTEXT://localhost:{s.kafka_port},"
+                             f"CONTROLLER://localhost:{s.kafka_controller_port}",
+                "advertised.listeners": f"PLAINTEXT://localhost:{s.kafka_port}",
+                "controller.listener.names": "CONTROLLER",
+                "inter.broker.listener.name": "PLAINTEXT",
+                "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            }
+        voters = ",".join(
+            f"{n}@{topology.node_host(n)}:{s.kafka_controller_port}"
+            for n in topology.kafka_nodes(s)
+        )
+        mechanism = topology.KAFKA_SASL_MECHANISM
+        admin = topology.KAFKA_ADMIN_USER
+        jaas = (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required "
+            f'username="{admin}" password="{topology.kafka_password(s, admin)}";'
+        )
+        return {
+            "controller.quorum.voters": voters,
+            "listeners": f"SASL_PLAINTEXT://{self.host}:{s.kafka_port},"
+                         f"CONTROLLER://{self.host}:{s.kafka_controller_port}",
+            "advertised.listeners": f"SASL_PLAINTEXT://{self.host}:{s.kafka_port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "SASL_PLAINTEXT",
+            # The controllers' quorum stays on loopback without SASL; on separate hosts it gets
+            # its own SASL_SSL listener (docs/replicated.md).
+            "listener.security.protocol.map": "SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "sasl.enabled.mechanisms": mechanism,
+            "sasl.mechanism.inter.broker.protocol": mechanism,
+            f"listener.name.sasl_plaintext.{mechanism.lower()}.sasl.jaas.config": jaas,
+        }
+
+    def _server_properties(self) -> str:
+        replicas = str(self.replicas)
+        min_isr = str(min(self.settings.replicated_kafka_min_insync, self.replicas))
         props = {
             "process.roles": "broker,controller",
-            "node.id": str(NODE_ID),
-            "controller.quorum.voters": f"{NODE_ID}@localhost:{s.kafka_controller_port}",
-            "listeners": f"PLAINTEXT://localhost:{s.kafka_port},"
-                         f"CONTROLLER://localhost:{s.kafka_controller_port}",
-            "advertised.listeners": f"PLAINTEXT://localhost:{s.kafka_port}",
-            "controller.listener.names": "CONTROLLER",
-            "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "node.id": str(self.node_id),
+            **self._listener_properties(),
             "log.dirs": str(self.data_dir),
             "num.partitions": "1",
-            # A single node: every internal topic has one replica, and small partition counts
-            # keep the first consumer group / transaction fast to set up.
-            "offsets.topic.replication.factor": "1",
+            # Every topic on every node (one on a single node); a write needs min.insync.replicas
+            # of them. Small partition counts keep the first consumer group fast to set up.
+            **({"default.replication.factor": replicas, "min.insync.replicas": min_isr}
+               if self.node is not None else {}),
+            "offsets.topic.replication.factor": replicas,
             "offsets.topic.num.partitions": "6",
-            "transaction.state.log.replication.factor": "1",
-            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.replication.factor": replicas,
+            "transaction.state.log.min.isr": min_isr,
             "transaction.state.log.num.partitions": "6",
-            "share.coordinator.state.topic.replication.factor": "1",
-            "share.coordinator.state.topic.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": replicas,
+            "share.coordinator.state.topic.min.isr": min_isr,
             # Flink's exactly-once Kafka sink defaults to 1 h transactions; the broker's 15 min
             # default cap would refuse them.
             "transaction.max.timeout.ms": "3600000",
@@ -181,7 +260,7 @@ class KafkaService(Service):
         return "\n".join(lines) + "\n"
 
     def _java(self) -> list[str]:
-        heap = self.settings.kafka_heap
+        heap = self.settings.kafka_heap if self.node is None else self.settings.replicated_kafka_heap
         return [
             str(self.settings.java17_home / "bin" / "java"),
             f"-Xms{heap}", f"-Xmx{heap}",
@@ -195,38 +274,52 @@ class KafkaService(Service):
             "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={self.log4j_file}",
             f"-Dkafka.logs.dir={self.settings.log_dir}",
-            "-cp", artifacts.classpath(self.settings, self.name),
+            "-cp", artifacts.classpath(self.settings, "kafka"),
         ]
 
     def own_ports(self) -> tuple[int, ...]:
         return (self.settings.kafka_port, self.settings.kafka_controller_port)
 
+    def listen_host(self) -> str:
+        return topology.node_host(self.node) if self.node is not None else super().listen_host()
+
     def adopt_marker(self) -> str:
         return f"kafka.Kafka {self.config_file}"
 
     def processes(self) -> list[ProcessSpec]:
-        # The JMX exporter agent on the broker only (not on the storage tool's JVM).
-        agent = prometheus.jmx_agent_args(self.settings, self.name)
+        # The JMX exporter agent on the broker only (not on the storage tool's JVM); the
+        # replicated profile runs without Prometheus (one port per node would be needed).
+        agent = prometheus.jmx_agent_args(self.settings, "kafka") if self.node is None else []
         argv = [*self._java(), *agent, "kafka.Kafka", str(self.config_file)]
         return [self.spec(self.name, argv, stop_timeout_s=30.0)]
 
-    def _admin(self) -> AdminClient:
+    def _admin(self, own_node: bool = True) -> AdminClient:
         # log_level 0 keeps librdkafka quiet while the broker is still starting.
-        return AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
+        config = topology.kafka_client_config(self.settings, topology.KAFKA_ADMIN_USER)
+        if own_node:
+            config["bootstrap.servers"] = self.bootstrap
+        return AdminClient({**config, "log_level": 0})
 
     def check_ready(self) -> None:
         try:
             metadata = self._admin().list_topics(timeout=2.0)
         except KafkaException as exc:
             raise NotReady(f"kafka metadata from {self.bootstrap}: {exc}") from exc
-        if not metadata.brokers:
-            raise NotReady(f"kafka metadata from {self.bootstrap}: no broker registered yet")
+        if self.node_id not in metadata.brokers:
+            raise NotReady(f"kafka metadata from {self.bootstrap}: broker {self.node_id} not "
+                           f"registered yet")
 
     def initialise(self) -> None:
+        if self.node not in (None, 1):
+            return  # the cluster's topics are created once, through its first node
         admin = self._admin()
         existing = set(admin.list_topics(timeout=10.0).topics)
+        extra = ({"min.insync.replicas": str(min(self.settings.replicated_kafka_min_insync,
+                                                 self.replicas))}
+                 if self.node is not None else {})
         wanted = [
-            NewTopic(name, num_partitions=partitions, replication_factor=1, config=config)
+            NewTopic(name, num_partitions=partitions, replication_factor=self.replicas,
+                     config={**config, **extra})
             for name, partitions, config in TOPICS
             if name not in existing
         ]
@@ -242,6 +335,17 @@ class KafkaService(Service):
                     raise StackError(f"kafka: creating topic {name} failed: {exc}") from exc
 
     def describe(self) -> str:
-        metadata = self._admin().list_topics(timeout=2.0)
-        user_topics = [t for t in metadata.topics if not t.startswith("__")]
-        return f"broker {metadata.controller_id} at {self.bootstrap}, {len(user_topics)} topics"
+        if self.node is None:
+            metadata = self._admin().list_topics(timeout=2.0)
+            user_topics = [t for t in metadata.topics if not t.startswith("__")]
+            return f"broker {metadata.controller_id} at {self.bootstrap}, {len(user_topics)} topics"
+        # Asked of the cluster, not of this node: the row says what the others see of it.
+        metadata = self._admin(own_node=False).list_topics(timeout=3.0)
+        partitions = [p for t in metadata.topics.values() for p in t.partitions.values()]
+        led = sum(1 for p in partitions if p.leader == self.node_id)
+        in_sync = sum(1 for p in partitions if self.node_id in p.isrs)
+        under = sum(1 for p in partitions if len(p.isrs) < len(p.replicas))
+        registered = "registered" if self.node_id in metadata.brokers else "NOT registered"
+        return (f"broker {self.node_id} at {self.bootstrap} {registered}, "
+                f"{len(metadata.brokers)}/{self.replicas} brokers, leads {led}, in sync for "
+                f"{in_sync}/{len(partitions)} partitions, under-replicated {under}")
