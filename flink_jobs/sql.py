@@ -25,6 +25,35 @@ from __future__ import annotations
 
 from flink_jobs.config import FlinkJobSettings
 
+# The Kafka connector jar shades the Kafka client: its login modules live under this prefix.
+_SHADED_KAFKA = "org.apache.flink.kafka.shaded.org.apache.kafka"
+_LOGIN_MODULES = {
+    "PLAIN": f"{_SHADED_KAFKA}.common.security.plain.PlainLoginModule",
+    "SCRAM-SHA-256": f"{_SHADED_KAFKA}.common.security.scram.ScramLoginModule",
+    "SCRAM-SHA-512": f"{_SHADED_KAFKA}.common.security.scram.ScramLoginModule",
+}
+
+
+def kafka_security(settings: FlinkJobSettings) -> str:
+    """The connector's client options for a secured Kafka (the same IOT_KAFKA_* settings as every
+    other client's); nothing on the plaintext local stack, so its statements stay as they were."""
+    if settings.kafka_security_protocol == "PLAINTEXT":
+        return ""
+    options = {"properties.security.protocol": settings.kafka_security_protocol}
+    if settings.kafka_sasl_mechanism is not None:
+        password = settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else ""
+        options["properties.sasl.mechanism"] = settings.kafka_sasl_mechanism
+        options["properties.sasl.jaas.config"] = (
+            f"{_LOGIN_MODULES[settings.kafka_sasl_mechanism]} required "
+            f'username="{settings.kafka_sasl_username or ""}" password="{password}";'
+        )
+    if settings.kafka_ssl_ca_file is not None:
+        options["properties.ssl.truststore.type"] = "PEM"
+        options["properties.ssl.truststore.location"] = str(settings.kafka_ssl_ca_file)
+    # SQL string literals: a quote inside a value is doubled.
+    quoted = {key: value.replace("'", "''") for key, value in options.items()}
+    return "".join(f"\n    '{key}' = '{value}'," for key, value in quoted.items())
+
 
 def source_ddl(settings: FlinkJobSettings, table: str = "readings") -> str:
     return f"""
@@ -48,7 +77,7 @@ CREATE TABLE {table} (
 ) WITH (
     'connector' = 'kafka',
     'topic' = '{settings.source_topic}',
-    'properties.bootstrap.servers' = '{settings.kafka_bootstrap}',
+    'properties.bootstrap.servers' = '{settings.kafka_bootstrap}',{kafka_security(settings)}
     'properties.group.id' = '{settings.consumer_group}',
     'properties.auto.offset.reset' = 'earliest',
     -- Only a start without state reads this: it rebuilds the aggregates from the oldest retained
@@ -74,7 +103,7 @@ CREATE TABLE {name} (
 ) WITH (
     'connector' = 'kafka',
     'topic' = '{topic}',
-    'properties.bootstrap.servers' = '{settings.kafka_bootstrap}',
+    'properties.bootstrap.servers' = '{settings.kafka_bootstrap}',{kafka_security(settings)}
     'key.format' = 'raw',
     'key.fields' = 'deviceId',
     'value.format' = 'json',
@@ -99,7 +128,7 @@ CREATE TABLE agg_all_sink (
 ) WITH (
     'connector' = 'upsert-kafka',
     'topic' = '{settings.sink_topic_all}',
-    'properties.bootstrap.servers' = '{settings.kafka_bootstrap}',
+    'properties.bootstrap.servers' = '{settings.kafka_bootstrap}',{kafka_security(settings)}
     'key.format' = 'json',
     'value.format' = 'json',
     'value.fields-include' = 'ALL',
