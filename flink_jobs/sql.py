@@ -39,7 +39,7 @@ def kafka_security(settings: FlinkJobSettings) -> str:
     other client's); nothing on the plaintext local stack, so its statements stay as they were."""
     if settings.kafka_security_protocol == "PLAINTEXT":
         return ""
-    options = {"properties.security.protocol": settings.kafka_security_protocol}
+    options: dict[str, str] = {"properties.security.protocol": settings.kafka_security_protocol}
     if settings.kafka_sasl_mechanism is not None:
         password = settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else ""
         options["properties.sasl.mechanism"] = settings.kafka_sasl_mechanism
