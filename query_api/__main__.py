@@ -1,4 +1,5 @@
-"""`python -m query_api` / `iot query-api`: the API under uvicorn, one worker, graceful stop."""
+"""`python -m query_api` / `iot query-api`: the API under uvicorn, graceful stop; one worker, or
+`--workers N` processes sharing the port (each builds its app from the same environment)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="query-api", description=__doc__)
     parser.add_argument("--host", help="listen address (default IOT_QUERY_API_HOST)")
     parser.add_argument("--port", type=int, help="listen port (default IOT_QUERY_API_PORT)")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(
@@ -32,6 +34,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.port:
         overrides["query_api_port"] = args.port
     settings = QueryApiSettings(**overrides)  # type: ignore[arg-type]
+    if args.workers > 1:
+        # uvicorn's process manager: SIGTERM reaches every worker, each stops gracefully.
+        uvicorn.run(
+            "query_api.main:create_app", factory=True, host=settings.query_api_host,
+            port=settings.query_api_port, workers=args.workers, access_log=settings.access_log,
+            log_config=None, timeout_graceful_shutdown=10,
+        )
+        return 0
     config = uvicorn.Config(
         create_app(settings),
         host=settings.query_api_host,
