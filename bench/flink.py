@@ -29,8 +29,9 @@ from flink_jobs.config import FlinkJobSettings
 from flink_jobs.job import submit
 from flink_jobs.rest import FlinkRest
 from gateway import endpoints, topics
+from gateway.cassandra_session import connect
+from gateway.settings import CassandraConnection
 from stack.config import StackSettings
-from storage.cassandra_session import connect
 from storage.rows import bucket_month
 
 log = logging.getLogger(__name__)
@@ -213,7 +214,9 @@ def _peer_throughput(stack: StackSettings, bootstrap: str, topic: str) -> dict[s
 def _freshness(stack: StackSettings, bootstrap: str, run: str, minutes: int = 3) -> dict[str, Any]:
     """Real-time readings into iot.readings; first sighting of each 1m row minus its window end."""
     devices = [f"fresh-{run}-{i}" for i in range(5)]
-    cluster, session = connect([endpoints.HOST], stack.cassandra_port, endpoints.CASSANDRA_KEYSPACE)
+    cassandra = CassandraConnection(cassandra_port=stack.cassandra_port)
+    session = connect(cassandra, keyspace=endpoints.CASSANDRA_KEYSPACE)
+    cluster = session.cluster
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
     seen: dict[tuple[str, int], float] = {}
     deadline = time.time() + minutes * 60 + 20

@@ -34,13 +34,14 @@ from confluent_kafka import Consumer, TopicPartition
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway import endpoints, pki, topics
+from gateway.cassandra_session import connect
 from gateway.contract import telemetry_payload
 from gateway.registry import DeviceRegistry, provision_device
 from gateway.registry import connect as registry_session
+from gateway.settings import CassandraConnection
 from stack.config import StackSettings
 from stack.process import ProcessSpec
 from stack.services import all_services
-from storage.cassandra_session import connect
 from storage.rows import bucket_month, bucket_year
 from tests.oracle import Agg, OracleReading, close_enough, expected
 
@@ -116,7 +117,7 @@ class Run:
 def provision(stack: StackSettings, prefix: str, count: int) -> dict[str, pki.Identity]:
     """Unique devices of tenant-a, certificates issued by the project's CA, in the registry."""
     run = uuid.uuid4().hex[:6]
-    session = registry_session([endpoints.HOST], stack.cassandra_port)
+    session = registry_session(CassandraConnection(cassandra_port=stack.cassandra_port))
     try:
         registry = DeviceRegistry(session)
         return {f"{prefix}-{run}-{i}": provision_device(
@@ -291,7 +292,9 @@ def verify(run: Run, token: str, late_ok: bool = False) -> Outcome:
     Otherwise the readings reach Kafka in the order they were sent and none may be late."""
     minute, hour, all_time = expected(run.sent)
     last_end = max(start for _, _, start in minute) + 60_000
-    cluster, session = connect([endpoints.HOST], run.stack.cassandra_port, endpoints.CASSANDRA_KEYSPACE)
+    cassandra = CassandraConnection(cassandra_port=run.stack.cassandra_port)
+    session = connect(cassandra, keyspace=endpoints.CASSANDRA_KEYSPACE)
+    cluster = session.cluster
     try:
         def complete() -> bool:
             rows = _all_time(session, run.device_ids)

@@ -36,9 +36,10 @@ from flink_jobs.config import FlinkJobSettings
 from flink_jobs.job import submit
 from flink_jobs.rest import FlinkRest
 from gateway import endpoints
+from gateway.cassandra_session import connect
+from gateway.settings import CassandraConnection, KafkaConnection
 from stack import process
 from stack.config import StackSettings
-from storage.cassandra_session import connect
 from storage.rows import bucket_month, bucket_year
 from tests.oracle import Agg, OracleReading, close_enough, expected
 
@@ -59,7 +60,9 @@ def stack(services: Any) -> Iterator[StackSettings]:
 
 @pytest.fixture(scope="module")
 def cql(stack: StackSettings) -> Iterator[Session]:
-    cluster, session = connect([endpoints.HOST], stack.cassandra_port, endpoints.CASSANDRA_KEYSPACE)
+    cassandra = CassandraConnection(cassandra_port=stack.cassandra_port)
+    session = connect(cassandra, keyspace=endpoints.CASSANDRA_KEYSPACE)
+    cluster = session.cluster
     yield session
     cluster.shutdown()
 
@@ -259,13 +262,16 @@ def test_api_serves_the_oracle_windows(services: Any) -> None:
     from tests.integration.query_api_support import password_token
 
     with services({"kafka", "cassandra", "flink", "writer", "keycloak", "query-api"}) as settings:
-        cluster, session = connect([endpoints.HOST], settings.cassandra_port, endpoints.CASSANDRA_KEYSPACE)
+        session = connect(
+            CassandraConnection(cassandra_port=settings.cassandra_port), keyspace=endpoints.CASSANDRA_KEYSPACE
+        )
+        cluster = session.cluster
         try:
             run, minute, hour, all_time = _run_oracle(settings, session, kill_taskmanager=False)
         finally:
             cluster.shutdown()
         devices = sorted({k[0] for k in all_time})
-        registry_cql = registry_session([endpoints.HOST], settings.cassandra_port)
+        registry_cql = registry_session(CassandraConnection(cassandra_port=settings.cassandra_port))
         try:
             registry = DeviceRegistry(registry_cql)
             for device in devices:
@@ -324,7 +330,7 @@ async def test_a_silent_fleet_closes_its_last_window(stack: StackSettings, cql: 
     devices = [f"silent-{run}-{d}" for d in range(3)]
     rest = FlinkRest(settings.rest_url)
     job_id = submit(settings)
-    beats = Producer(producer_config(bootstrap, 1.0))
+    beats = Producer(producer_config(KafkaConnection(kafka_bootstrap=bootstrap), 1.0))
     readings = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
     produced = {"n": 0}
     heartbeat = Heartbeat(beats, topic, await asyncio.to_thread(topic_partitions, beats, topic), 1.0,

@@ -20,6 +20,7 @@ from selenium.webdriver.common.by import By
 from gateway import endpoints, pki, topics
 from gateway.registry import DeviceRegistry, provision_device
 from gateway.registry import connect as registry_session
+from gateway.settings import CassandraConnection
 from stack.config import StackSettings
 from tests.e2e.console_browser import browser, screenshot, sign_in, wait_for
 from tests.integration.query_api_support import password_token, user_password
@@ -119,7 +120,7 @@ def test_client2_does_not_see_tenant_a(base: str, shots: Path) -> None:
 def malformed_sent(stack: StackSettings) -> str:
     """A provisioned device publishes one reading without `ts`: a dead letter with a reason."""
     device_id = f"e2e-console-{uuid.uuid4().hex[:8]}"
-    session = registry_session([endpoints.HOST], stack.cassandra_port)
+    session = registry_session(CassandraConnection(cassandra_port=stack.cassandra_port))
     try:
         identity: pki.Identity = provision_device(
             stack.pki_dir, DeviceRegistry(session), device_id, "tenant-b"

@@ -16,6 +16,7 @@ from gateway import endpoints
 from gateway.groups import GroupRegistry
 from gateway.registry import DeviceRegistry
 from gateway.registry import connect as registry_session
+from gateway.settings import CassandraConnection
 from stack.config import StackSettings
 from tests.e2e import fault_harness as harness
 from tests.integration.query_api_support import password_token
@@ -45,7 +46,7 @@ def test_a_groups_windows_equal_the_oracle_over_its_members(stack: StackSettings
     client2 = password_token("client2")
     with harness.fleet(stack, "groups", devices=4) as run:
         members = run.device_ids[:3]
-        session = registry_session([endpoints.HOST], stack.cassandra_port)
+        session = registry_session(CassandraConnection(cassandra_port=stack.cassandra_port))
         try:
             groups = GroupRegistry(session, DeviceRegistry(session))
             groups.create("tenant-a", name)

@@ -26,6 +26,7 @@ from gateway import endpoints, pki, topics
 from gateway.contract import telemetry_payload
 from gateway.registry import DeviceRegistry, provision_device
 from gateway.registry import connect as registry_session
+from gateway.settings import CassandraConnection
 from stack.config import StackSettings
 from tests.integration.bridge_harness import header_map
 from tests.integration.query_api_support import password_token
@@ -48,7 +49,7 @@ def stack(services: Any) -> Iterator[StackSettings]:
 @pytest.fixture(scope="module")
 def devices(stack: StackSettings) -> dict[str, pki.Identity]:
     run = uuid.uuid4().hex[:8]
-    session = registry_session([endpoints.HOST], stack.cassandra_port)
+    session = registry_session(CassandraConnection(cassandra_port=stack.cassandra_port))
     try:
         registry = DeviceRegistry(session)
         return {f"e2e-{run}-{i}": provision_device(stack.pki_dir, registry, f"e2e-{run}-{i}", "tenant-a")

@@ -30,6 +30,7 @@ from confluent_kafka.cimpl import NewTopic
 from bridge.heartbeat import is_heartbeat
 from emulator.device import DeviceClient, Stats
 from gateway import pki, registry
+from gateway.settings import CassandraConnection
 from gateway.topics import KAFKA_READINGS_PARTITIONS
 from stack.config import REPO_ROOT, StackSettings
 
@@ -44,7 +45,8 @@ def provision(
     settings: StackSettings, device_ids: Iterable[str], tenant: str = "tenant-a", register: bool = True
 ) -> None:
     """Certificates (and registry rows) for devices that do not have them yet."""
-    session = registry.connect(port=settings.cassandra_port) if register else None
+    cassandra = CassandraConnection(cassandra_port=settings.cassandra_port)
+    session = registry.connect(cassandra) if register else None
     try:
         reg = registry.DeviceRegistry(session) if session is not None else None
         for device_id in device_ids:

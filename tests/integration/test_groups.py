@@ -11,6 +11,7 @@ import pytest
 
 from gateway.groups import GroupError, GroupRegistry, MembershipCache, aggregate_key
 from gateway.registry import DeviceRegistry, connect
+from gateway.settings import CassandraConnection
 from stack.config import StackSettings
 
 pytestmark = pytest.mark.integration
@@ -22,7 +23,7 @@ Services = Callable[..., AbstractContextManager[StackSettings]]
 def registries(services: Services) -> Iterator[tuple[DeviceRegistry, GroupRegistry]]:
     """A keyspace of its own, dropped afterwards."""
     with services({"cassandra"}) as settings:
-        session: Any = connect(port=settings.cassandra_port)
+        session: Any = connect(CassandraConnection(cassandra_port=settings.cassandra_port))
         keyspace = f"iot_test_{uuid.uuid4().hex[:8]}"
         try:
             devices = DeviceRegistry(session, keyspace)

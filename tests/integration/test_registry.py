@@ -20,6 +20,7 @@ from gateway.registry import (
     connect,
     ensure_provisioned,
 )
+from gateway.settings import CassandraConnection
 from stack.config import StackSettings
 
 pytestmark = pytest.mark.integration
@@ -30,7 +31,7 @@ Services = Callable[..., AbstractContextManager[StackSettings]]
 @pytest.fixture(scope="module")
 def cassandra(services: Services) -> Iterator[tuple[StackSettings, Any]]:
     with services({"cassandra"}) as settings:
-        session = connect(port=settings.cassandra_port)
+        session = connect(CassandraConnection(cassandra_port=settings.cassandra_port))
         try:
             yield settings, session
         finally:
