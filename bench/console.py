@@ -12,8 +12,8 @@ import statistics
 import time
 from typing import Any
 
-from cassandra.cluster import Cluster
-
+from gateway.cassandra_session import connect
+from gateway.settings import CassandraConnection
 from stack import process
 from stack.config import StackSettings
 from stack.services import by_name
@@ -34,13 +34,12 @@ def _day_of_windows(settings: StackSettings) -> int:
     now_ms = int(time.time() * 1000)
     end = now_ms - now_ms % 60_000
     starts = [end - 60_000 * i for i in range(1, 1441)]
-    cluster = Cluster(["localhost"], port=settings.cassandra_port, protocol_version=4)
+    session = connect(CassandraConnection(cassandra_port=settings.cassandra_port))
     try:
-        session = cluster.connect()
         register(session, DEVICE, "tenant-a")
         return len(insert_windows(session, "agg_1m", DEVICE, starts, 60_000, METRICS))
     finally:
-        cluster.shutdown()
+        session.cluster.shutdown()
 
 
 def _rss_mib(settings: StackSettings) -> float:

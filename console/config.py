@@ -5,16 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from gateway import endpoints
+from gateway.settings import CassandraConnection, KafkaConnection
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 # Browser libraries from npm (console/frontend/package-lock.json), installed by `make up`.
 DEFAULT_ASSETS_DIR = PACKAGE_DIR / "frontend" / "node_modules"
 
 
-class ConsoleSettings(BaseSettings):
+class ConsoleSettings(KafkaConnection, CassandraConnection):
     model_config = SettingsConfigDict(env_prefix="IOT_", extra="ignore")
 
     console_host: str = endpoints.HOST
@@ -33,10 +34,6 @@ class ConsoleSettings(BaseSettings):
     keycloak_public_url: str | None = None
 
     query_api_url: str = f"http://{endpoints.HOST}:{endpoints.QUERY_API_PORT}"
-    kafka_bootstrap: str = endpoints.KAFKA_BOOTSTRAP
-    cassandra_hosts: str = endpoints.CASSANDRA_HOSTS
-    cassandra_port: int = endpoints.CASSANDRA_PORT
-    cassandra_keyspace: str = endpoints.CASSANDRA_KEYSPACE
     bridge_metrics_url: str = f"http://{endpoints.HOST}:{endpoints.BRIDGE_METRICS_PORT}/metrics"
     writer_metrics_url: str = f"http://{endpoints.HOST}:{endpoints.WRITER_METRICS_PORT}/metrics"
 
@@ -75,7 +72,3 @@ class ConsoleSettings(BaseSettings):
     def public_realm_url(self) -> str:
         base = (self.keycloak_public_url or self.keycloak_url).rstrip("/")
         return f"{base}/realms/{self.keycloak_realm}"
-
-    @property
-    def cassandra_contact_points(self) -> list[str]:
-        return [host.strip() for host in self.cassandra_hosts.split(",") if host.strip()]

@@ -61,7 +61,7 @@ def _provisioner(settings: EmulatorSettings) -> Callable[[list[str], str], int]:
     from gateway.registry import DeviceRegistry, connect, ensure_provisioned
 
     def provision(device_ids: list[str], tenant: str) -> int:
-        session = connect(settings.cassandra_hosts.split(","), settings.cassandra_port)
+        session = connect(settings)
         try:
             registry = DeviceRegistry(session, settings.cassandra_keyspace)
             return ensure_provisioned(settings.pki_dir, registry, device_ids, tenant)

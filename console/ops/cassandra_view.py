@@ -17,12 +17,14 @@ from cassandra.query import dict_factory
 
 from console.config import ConsoleSettings
 from console.errors import BadInput, Upstream
+from gateway.cassandra_session import CassandraUnavailable, connect
 from gateway.contract import DEVICE_ID_PATTERN
 
 log = logging.getLogger(__name__)
 
 _DEVICE_ID = re.compile(DEVICE_ID_PATTERN)
 ROWS_SHOWN = 30
+_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,20 +45,11 @@ class CassandraView:
     def _connect(self) -> Session:
         with self._lock:
             if self._session is None:
-                cluster = Cluster(
-                    self._settings.cassandra_contact_points,
-                    port=self._settings.cassandra_port,
-                    connect_timeout=5,
-                    protocol_version=4,
-                )
                 try:
-                    session = cluster.connect()
-                except Exception as exc:  # NoHostAvailable, timeouts
-                    cluster.shutdown()
-                    raise Upstream(f"Cassandra at {self._settings.cassandra_hosts}: {exc}") from exc
-                session.row_factory = dict_factory
-                session.default_timeout = 5
-                self._cluster, self._session = cluster, session
+                    session = connect(self._settings, timeout_s=_TIMEOUT_S, row_factory=dict_factory)
+                except CassandraUnavailable as exc:
+                    raise Upstream(str(exc)) from exc
+                self._cluster, self._session = session.cluster, session
             return self._session
 
     def close(self) -> None:

@@ -14,6 +14,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from console.errors import Upstream
+from gateway.settings import KafkaConnection
 
 log = logging.getLogger(__name__)
 
@@ -57,25 +58,24 @@ class DeadLetter:
     preview: str
 
 
-def _consumer(bootstrap: str, group: str) -> Consumer:
+def _consumer(kafka: KafkaConnection, group: str) -> Consumer:
     return Consumer(
-        {
-            "bootstrap.servers": bootstrap,
+        kafka.kafka_client_config({
             "group.id": group,
             "enable.auto.commit": False,
             "enable.partition.eof": True,
             "socket.timeout.ms": 5000,
             "session.timeout.ms": 10000,
-        }
+        })
     )
 
 
 class KafkaView:
-    def __init__(self, bootstrap: str) -> None:
-        self._bootstrap = bootstrap
-        self._admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 5000})
+    def __init__(self, kafka: KafkaConnection) -> None:
+        self._kafka = kafka
+        self._admin = AdminClient(kafka.kafka_client_config({"socket.timeout.ms": 5000}))
         # Watermarks only: this consumer never subscribes or commits.
-        self._offsets = _consumer(bootstrap, "iot-console-offsets")
+        self._offsets = _consumer(kafka, "iot-console-offsets")
 
     def close(self) -> None:
         self._offsets.close()
@@ -95,7 +95,7 @@ class KafkaView:
                 out.append(TopicInfo(name, len(partitions), [m[1] for m in marks], [m[0] for m in marks]))
             return out
         except KafkaException as exc:
-            raise Upstream(f"Kafka at {self._bootstrap}: {exc}") from exc
+            raise Upstream(f"Kafka at {self._kafka.kafka_bootstrap}: {exc}") from exc
 
     def groups(self, topics: list[TopicInfo]) -> list[GroupInfo]:
         from confluent_kafka import ConsumerGroupTopicPartitions
@@ -122,7 +122,7 @@ class KafkaView:
                 out.append(info)
             return out
         except KafkaException as exc:
-            raise Upstream(f"Kafka at {self._bootstrap}: {exc}") from exc
+            raise Upstream(f"Kafka at {self._kafka.kafka_bootstrap}: {exc}") from exc
 
     def lag(self, group: str, topic: str) -> int | None:
         try:
@@ -135,7 +135,7 @@ class KafkaView:
 
     def dead_letters(self, topic: str, per_partition: int) -> list[DeadLetter]:
         """The newest `per_partition` records of each partition of the dead-letter topic."""
-        consumer = _consumer(self._bootstrap, "iot-console-dlq")
+        consumer = _consumer(self._kafka, "iot-console-dlq")
         try:
             metadata = consumer.list_topics(topic, timeout=_TIMEOUT_S)
             meta = metadata.topics.get(topic)
@@ -163,7 +163,7 @@ class KafkaView:
             letters.sort(key=lambda letter: (letter.timestamp_ms, letter.offset), reverse=True)
             return letters
         except KafkaException as exc:
-            raise Upstream(f"Kafka at {self._bootstrap}: {exc}") from exc
+            raise Upstream(f"Kafka at {self._kafka.kafka_bootstrap}: {exc}") from exc
         finally:
             consumer.close()
 

@@ -104,7 +104,7 @@ class Operations:
 
     def _kafka_view(self) -> KafkaView:
         if self._kafka is None:
-            self._kafka = KafkaView(self._settings.kafka_bootstrap)
+            self._kafka = KafkaView(self._settings)
         return self._kafka
 
     def _locked_kafka(self, read: Callable[[KafkaView], T]) -> T:
