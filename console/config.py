@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from pydantic import SecretStr
@@ -36,6 +37,10 @@ class ConsoleSettings(KafkaConnection, CassandraConnection):
     query_api_url: str = f"http://{endpoints.HOST}:{endpoints.QUERY_API_PORT}"
     bridge_metrics_url: str = f"http://{endpoints.HOST}:{endpoints.BRIDGE_METRICS_PORT}/metrics"
     writer_metrics_url: str = f"http://{endpoints.HOST}:{endpoints.WRITER_METRICS_PORT}/metrics"
+
+    # The health view's component rows: the stack runner's status, asked of its command line (the
+    # console does not import the runner). Elsewhere, a command printing the same JSON list.
+    console_status_command: list[str] = [sys.executable, "-m", "stack.cli", "status", "--json"]
 
     console_assets_dir: Path = DEFAULT_ASSETS_DIR
     # A signed-in session ends after this long without a request, and at the latest when

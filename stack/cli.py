@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
 import subprocess
 import sys
@@ -70,6 +71,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from stack.config import StackSettings
 
     rows = orchestrator.status(StackSettings())
+    healthy = all(state in ("running", "disabled") for _, state, _ in rows)
+    if args.json:
+        # For programs (the web console's health view): one object per component, same exit code.
+        json.dump([{"name": n, "state": s, "detail": d} for n, s, d in rows], sys.stdout)
+        sys.stdout.write("\n")
+        return 0 if healthy else 3
     width = max(len(name) for name, _, _ in rows)
     for name, state, detail in rows:
         sys.stdout.write(f"{name:<{width}}  {state:<8}  {detail}\n")
@@ -79,7 +86,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if firing:
         sys.stdout.write(f"\nalerts firing ({len(firing)}):\n")
         sys.stdout.writelines(f"  {line}\n" for line in alert_lines(firing))
-    return 0 if all(state in ("running", "disabled") for _, state, _ in rows) else 3
+    return 0 if healthy else 3
 
 
 def _cmd_logs(args: argparse.Namespace) -> int:
@@ -115,9 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     down = sub.add_parser("down", help="stop what `iot up` started; keeps the data")
     down.add_argument("--purge", action="store_true", help="also delete all state under the stack dir")
     down.set_defaults(func=_cmd_down)
-    sub.add_parser("status", help="each component's state and key figures").set_defaults(
-        func=_cmd_status
-    )
+    status = sub.add_parser("status", help="each component's state and key figures")
+    status.add_argument("--json", action="store_true", help="as a JSON list of {name, state, detail}")
+    status.set_defaults(func=_cmd_status)
     logs = sub.add_parser("logs", help="show a service's log")
     logs.add_argument("service")
     logs.add_argument("-f", "--follow", action="store_true")
