@@ -18,9 +18,9 @@ from stack.errors import StackError
 
 # command -> (module, function, help); the function takes the remaining argv.
 DELEGATED: dict[str, tuple[str, str, str]] = {
-    "certs": ("gateway.cli", "certs_main", "issue or revoke device certificates"),
-    "devices": ("gateway.cli", "devices_main", "list provisioned devices"),
-    "groups": ("gateway.cli", "groups_main", "create device groups, add or remove devices"),
+    "certs": ("stack.commands.devices", "certs_main", "issue or revoke device certificates"),
+    "devices": ("stack.commands.devices", "devices_main", "list provisioned devices"),
+    "groups": ("stack.commands.devices", "groups_main", "create device groups, add or remove devices"),
     "emulate": ("emulator.__main__", "main", "run emulated devices"),
     "bridge": ("bridge.__main__", "main", "run the MQTT -> Kafka bridge"),
     "writer": ("storage.__main__", "main", "run the aggregates -> Cassandra writer"),

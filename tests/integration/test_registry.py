@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 
 from gateway import pki
-from gateway.cli import certs_main, devices_main
 from gateway.registry import (
     DeviceRegistry,
     DuplicateDevice,
@@ -21,6 +20,7 @@ from gateway.registry import (
     ensure_provisioned,
 )
 from gateway.settings import CassandraConnection
+from stack.commands.devices import certs_main, devices_main
 from stack.config import StackSettings
 
 pytestmark = pytest.mark.integration

@@ -382,8 +382,8 @@ def _settings_classes() -> list[type[BaseSettings]]:
     from bridge.config import BridgeSettings
     from emulator.config import EmulatorSettings
     from flink_jobs.config import FlinkJobSettings
-    from gateway.cli import CertsSettings
     from query_api.config import QueryApiSettings
+    from stack.commands.devices import CertsSettings
     from stack.services.prometheus import ObservabilitySettings
     from storage.config import StorageSettings
 

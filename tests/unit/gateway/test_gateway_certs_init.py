@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gateway import pki
-from gateway.cli import certs_main
+from stack.commands.devices import certs_main
 
 
 def test_server_certificate_carries_extra_names_and_is_reissued_when_one_is_missing(

@@ -194,19 +194,15 @@ def _group_create(args: argparse.Namespace, settings: CertsSettings) -> int:
     return 0
 
 
-def _group_add(args: argparse.Namespace, settings: CertsSettings) -> int:
+def _group_members(args: argparse.Namespace, settings: CertsSettings) -> int:
+    """`add` or `remove` (args.action): the same checks, one change of membership."""
     _check_tenant(args.tenant)
     with open_groups(settings) as groups:
-        tenant = groups.add(args.name, args.device_ids, args.tenant)
-    sys.stdout.write(f"added {len(args.device_ids)} device(s) to {args.name} (tenant {tenant})\n")
-    return 0
-
-
-def _group_remove(args: argparse.Namespace, settings: CertsSettings) -> int:
-    _check_tenant(args.tenant)
-    with open_groups(settings) as groups:
-        tenant = groups.remove(args.name, args.device_ids, args.tenant)
-    sys.stdout.write(f"removed {len(args.device_ids)} device(s) from {args.name} (tenant {tenant})\n")
+        change = groups.add if args.action == "add" else groups.remove
+        tenant = change(args.name, args.device_ids, args.tenant)
+    done = "added" if args.action == "add" else "removed"
+    where = "to" if args.action == "add" else "from"
+    sys.stdout.write(f"{done} {len(args.device_ids)} device(s) {where} {args.name} (tenant {tenant})\n")
     return 0
 
 
@@ -230,15 +226,15 @@ def groups_main(argv: Sequence[str]) -> int:
     create.add_argument("name")
     create.add_argument("--tenant", required=True)
     create.set_defaults(func=_group_create)
-    for action, func, help_text in (
-        ("add", _group_add, "add devices (of the group's tenant) to a group"),
-        ("remove", _group_remove, "remove devices from a group"),
+    for action, help_text in (
+        ("add", "add devices (of the group's tenant) to a group"),
+        ("remove", "remove devices from a group"),
     ):
         command = sub.add_parser(action, help=help_text)
         command.add_argument("name")
         command.add_argument("device_ids", nargs="+", metavar="DEVICE_ID")
         command.add_argument("--tenant", help="needed only when several tenants use the name")
-        command.set_defaults(func=func)
+        command.set_defaults(func=_group_members)
     listing = sub.add_parser("list", help="groups, optionally of one tenant, with their size")
     listing.add_argument("--tenant")
     listing.add_argument("--json", action="store_true")
