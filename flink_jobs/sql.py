@@ -143,6 +143,10 @@ CREATE TABLE agg_all_sink (
     ]
 
 
+# The metrics' part of a reading's identity in the deduplication key.
+DEDUP_METRICS_KEY = "MD5(CAST(metrics AS STRING))"
+
+
 def views(source: str = "readings", dedup: bool = True, groups: bool = True) -> list[tuple[str, str]]:
     """(name, query) of the views the three aggregations share, in dependency order; `source` is
     any table with the readings schema. job.register_views registers them as Table objects.
@@ -157,11 +161,15 @@ WHERE deviceId IS NOT NULL AND ts IS NOT NULL"""
     if dedup:
         # Keep the first copy of each reading. A MAP cannot be hashed as a key; its text can, and
         # the copies of one reading carry the same metrics in the same order (the bridge encodes
-        # the same payload again). What bounds this state is the operator's TTL.
+        # the same payload again). The key holds the text's MD5 (32 characters), not the text
+        # (about 90 for three metrics): every key is kept for the horizon, on the heap, in every
+        # checkpoint and in the shuffle. Two different metrics of one device, ts and seq would
+        # have to collide in 128 bits to be taken for copies. What bounds this state is the
+        # operator's TTL.
         readings = f"""
 SELECT deviceId, ts, metrics, `groups`, event_time FROM (
     SELECT deviceId, ts, metrics, `groups`, event_time, ROW_NUMBER() OVER (
-        PARTITION BY deviceId, ts, seq, CAST(metrics AS STRING) ORDER BY arrival ASC) AS copy_no
+        PARTITION BY deviceId, ts, seq, {DEDUP_METRICS_KEY} ORDER BY arrival ASC) AS copy_no
     FROM {source}
     WHERE deviceId IS NOT NULL AND ts IS NOT NULL
 ) WHERE copy_no = 1"""

@@ -166,3 +166,24 @@ def test_dedup_switch_and_horizon_shape_the_job() -> None:
     assert statements(on) != statements(FlinkJobSettings(dedup_horizon_s=7200))
     assert statements(on) != statements(FlinkJobSettings(state_backend="rocksdb"))
     assert job_configuration(on, None)["table.exec.state.ttl"] == "0 ms"
+
+
+def test_a_copy_is_the_same_device_ts_seq_and_metrics(t_env: Any, tmp_path: Path) -> None:
+    """The key holds the metrics' hash, not their text: a copy still needs the same metrics, and
+    a reading that differs only in its metrics is a reading of its own."""
+    first = {"deviceId": "d", "tenant": "t", "ts": BASE, "seq": 1, "receivedAt": BASE,
+             "metrics": {"temperature": 21.5, "humidity": 40.0}}
+    records = [first, {**first, "receivedAt": BASE + 5_000},
+               {**first, "metrics": {"temperature": 21.6, "humidity": 40.0}},
+               {**first, "seq": 2}, {**first, "ts": BASE + 1}]
+    path = tmp_path / "copies.json"
+    path.write_text("\n".join(json.dumps(record) for record in records))
+    ddl = sql.source_ddl(FlinkJobSettings(), table="copies").split(") WITH (")[0]
+    t_env.execute_sql(f"{ddl}) WITH ('connector' = 'filesystem', 'path' = '{path}', 'format' = 'json')")
+    distinct = dict(sql.views("copies", dedup=True, groups=False))["distinct_readings"]
+    assert sql.DEDUP_METRICS_KEY in distinct
+    query = f"SELECT ts, metrics['temperature'] FROM ({distinct})"
+    with t_env.sql_query(query).execute().collect() as results:
+        rows = list(results)
+    assert sorted((row[0], row[1]) for row in rows) == [
+        (BASE, 21.5), (BASE, 21.5), (BASE, 21.6), (BASE + 1, 21.5)]
