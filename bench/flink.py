@@ -122,6 +122,7 @@ def _flink_throughput(
         state_backend=state_backend,  # type: ignore[arg-type]
     )
     rest = FlinkRest(settings.rest_url)
+    jvm_before = rest.taskmanager_metrics(_JVM)
     job_id = submit(settings)
     try:
         while (job := rest.active_job(settings.job_name)) is None or job["state"] != "RUNNING":
@@ -134,6 +135,7 @@ def _flink_throughput(
             time.sleep(0.5)
         committed = time.monotonic()
         state = _state_bytes(rest, job_id)
+        jvm_after = rest.taskmanager_metrics(_JVM)
     finally:
         rest.cancel(job_id)
         rest.close()
@@ -155,7 +157,19 @@ def _flink_throughput(
         "state_bytes": state["total"],
         "state_bytes_per_million_readings": round(state["total"] / (READINGS / 1e6)),
         "dedup_task_state_bytes": state["dedup"],
+        "checkpoint_interval_s": settings.checkpoint_interval_s,
+        # A heap too small for the horizon shows here first: full collections, seconds in them.
+        "taskmanager_heap_max_bytes": int(jvm_after[_HEAP_MAX]),
+        "full_gcs": int(jvm_after[_OLD_GC_COUNT] - jvm_before[_OLD_GC_COUNT]),
+        "full_gc_seconds": round((jvm_after[_OLD_GC_TIME] - jvm_before[_OLD_GC_TIME]) / 1000, 1),
+        "load_average_1m": round(os.getloadavg()[0], 1),
     }
+
+
+_HEAP_MAX = "Status.JVM.Memory.Heap.Max"
+_OLD_GC_COUNT = "Status.JVM.GarbageCollector.G1_Old_Generation.Count"
+_OLD_GC_TIME = "Status.JVM.GarbageCollector.G1_Old_Generation.Time"
+_JVM = (_HEAP_MAX, _OLD_GC_COUNT, _OLD_GC_TIME)
 
 
 def _state_bytes(rest: FlinkRest, job_id: str) -> dict[str, int]:
@@ -243,7 +257,20 @@ def _freshness(stack: StackSettings, bootstrap: str, run: str, minutes: int = 3)
     finally:
         producer.flush(10)
         cluster.shutdown()
-    return freshness_figures(list(seen.values()))
+    # The pipeline's own job, with the settings the stack gave it (deduplication on by default).
+    return {"job_deduplicates": _running_job_deduplicates(stack),
+            **freshness_figures(list(seen.values()))}
+
+
+def _running_job_deduplicates(stack: StackSettings) -> bool | None:
+    rest = FlinkRest(f"http://localhost:{stack.flink_rest_port}")
+    try:
+        job = rest.active_job(FlinkJobSettings().job_name)
+        if job is None:
+            return None
+        return any("Deduplicate[" in v["name"] for v in rest.job(job["jid"])["vertices"])
+    finally:
+        rest.close()
 
 
 def record_windows(
@@ -273,10 +300,15 @@ def freshness_figures(delays: list[float], target_s: float = 15) -> dict[str, An
     }
 
 
+def _uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
+
+
 def run() -> dict[str, Any]:
     stack = StackSettings()
     bootstrap = f"{endpoints.HOST}:{stack.kafka_port}"
     run_id = uuid.uuid4().hex[:8]
+    uptime_before = _uptime()
     topic = f"bench.readings.{run_id}"
     admin = AdminClient({"bootstrap.servers": bootstrap})
     admin.create_topics([NewTopic(topic, 6, 1)])[topic].result(30)
@@ -292,7 +324,11 @@ def run() -> dict[str, Any]:
         peer = _peer_throughput(stack, bootstrap, topic)
     finally:
         admin.delete_topics([topic])
+    freshness = _freshness(stack, bootstrap, run_id)
     return {
+        # Figures of a loaded machine are not an idle one's: the load beside them.
+        "uptime_before": uptime_before,
+        "uptime_after": _uptime(),
         "readings": READINGS,
         "produce_seconds": round(produce_s, 1),
         "flink": flink,
@@ -302,7 +338,7 @@ def run() -> dict[str, Any]:
         "python_peer_quixstreams": peer,
         "flink_vs_peer": round(flink["readings_per_s"] / peer["readings_per_s"], 2),
         "targets": {"readings_per_s": 60_000, "vs_peer": 3.0, "dedup_vs_without": 0.8},
-        "freshness_1m": _freshness(stack, bootstrap, run_id),
+        "freshness_1m": freshness,
     }
 
 

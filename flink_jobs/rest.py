@@ -79,5 +79,15 @@ class FlinkRest:
             counts[vertex["name"]] = {m["id"]: float(m["sum"]) for m in figures if "sum" in m}
         return counts
 
+    def taskmanager_metrics(self, metrics: tuple[str, ...]) -> dict[str, float]:
+        """{metric: sum over every task manager} (e.g. Status.JVM.Memory.Heap.Max)."""
+        sums: dict[str, float] = dict.fromkeys(metrics, 0.0)
+        for manager in self._get("/taskmanagers")["taskmanagers"]:
+            figures = self._get(f"/taskmanagers/{manager['id']}/metrics",
+                                params={"get": ",".join(metrics)})
+            for figure in figures:
+                sums[figure["id"]] += float(figure["value"])
+        return sums
+
     def cancel(self, job_id: str) -> None:
         self._client.patch(f"/jobs/{job_id}", params={"mode": "cancel"}).raise_for_status()
