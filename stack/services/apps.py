@@ -70,6 +70,13 @@ class WriterService(_InstanceService):
     stage = 1
     module = "storage"
 
+    def __init__(self, settings: StackSettings, instance: int | None = None) -> None:
+        super().__init__(settings, instance)
+        if instance is not None and instance > 1:
+            # After the first writer is ready: its migration created the schema alone (two
+            # concurrent CREATE TABLEs on different nodes can disagree on the table's id).
+            self.stage = 2
+
     def env(self) -> dict[str, str]:
         extra = {"IOT_WRITER_METRICS_PORT": str(self.metrics_port)} if self.instance else {}
         return {**super().env(), **extra}

@@ -426,6 +426,9 @@ class CassandraService(Service):
             f"CREATE ROLE IF NOT EXISTS {role} WITH LOGIN = true AND PASSWORD = %s", (password,)
         )
         session.execute(f"GRANT ALL PERMISSIONS ON KEYSPACE {keyspace} TO {role}")
+        # The writer's migration states CREATE KEYSPACE IF NOT EXISTS, which Cassandra checks
+        # against this permission even when the keyspace exists; it reads no other keyspace.
+        session.execute(f"GRANT CREATE ON ALL KEYSPACES TO {role}")
 
     def describe(self) -> str:
         cluster, session = self._session()
