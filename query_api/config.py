@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -34,6 +36,9 @@ class QueryApiSettings(CassandraConnection):
 
     # Connection in gateway.settings; a read waits less than a batch write.
     cassandra_timeout_s: float = Field(default=5.0, gt=0, validation_alias="IOT_CASSANDRA_TIMEOUT_S")
+    # "loop": the driver's sockets are transports of the API's asyncio loop (no reactor thread,
+    # no hand-off per read: loop_connection.py); "libev": the driver's own reactor thread.
+    cassandra_reactor: Literal["loop", "libev"] = "libev"
 
     # device -> tenant answers are cached; a device's tenant never changes, but a new device
     # must become visible quickly, so misses are cached for a much shorter time.

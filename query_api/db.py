@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from cassandra import DriverException
-from cassandra.cluster import ResponseFuture, Session
+from cassandra.cluster import Cluster, ResponseFuture, Session
 from cassandra.query import PreparedStatement, SimpleStatement, Statement, tuple_factory
 
 from gateway.cassandra_session import build_cluster
@@ -28,13 +28,22 @@ log = logging.getLogger(__name__)
 Row = tuple[Any, ...]
 
 
+def open_cluster(settings: QueryApiSettings) -> Cluster:
+    """The API's cluster, not connected yet; called on the loop that serves the routes."""
+    # Tuples, not named tuples: the repository reads columns by position, and it is faster.
+    cluster = build_cluster(settings, row_factory=tuple_factory)
+    if settings.cassandra_reactor == "loop":
+        LoopConnection.use_loop(asyncio.get_running_loop())
+        cluster.connection_class = LoopConnection
+    return cluster
+
+
 class CassandraStore:
     """One cluster connection for the app's lifetime; `connected` says whether queries can run."""
 
     def __init__(self, settings: QueryApiSettings) -> None:
         self._settings = settings
-        # Tuples, not named tuples: the repository reads columns by position, and it is faster.
-        self._cluster = build_cluster(settings, row_factory=tuple_factory)
+        self._cluster = open_cluster(settings)
         self._session: Session | None = None
         self.last_error: str | None = "not connected yet"
 
@@ -48,6 +57,9 @@ class CassandraStore:
             self._session = await asyncio.to_thread(self._cluster.connect, self._settings.cassandra_keyspace)
         except Exception as exc:  # NoHostAvailable, InvalidRequest (no keyspace yet), timeouts
             self.last_error = f"{exc.__class__.__name__}: {exc}"[:300]
+            # A cluster whose first connect failed has shut itself down: the next try needs a new one.
+            failed, self._cluster = self._cluster, open_cluster(self._settings)
+            await asyncio.to_thread(failed.shutdown)
             raise DependencyDown(f"Cassandra: {self.last_error}") from exc
         self.last_error = None
         log.info(
