@@ -81,8 +81,13 @@ def _produce_backlog(bootstrap: str, topic: str, count: int) -> float:
     return time.monotonic() - started
 
 
-def consumer_lag(bootstrap: str, group: str, topic: str, partitions: int) -> int:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+def consumer_lag(
+    bootstrap: str, group: str, topic: str, partitions: int, client: dict[str, Any] | None = None
+) -> int:
+    """End offsets minus `group`'s committed ones; `client`: more settings (a secured cluster's)."""
+    consumer = Consumer(
+        {**(client or {}), "bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False}
+    )
     try:
         tps = [TopicPartition(topic, p) for p in range(partitions)]
         committed = consumer.committed(tps, timeout=10)
