@@ -20,6 +20,7 @@ alone: a private broker (bench/mqtt_edge.py's), the publishers unpaced, `mosquit
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -27,6 +28,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from bench import capacity_search as search
@@ -35,6 +37,8 @@ from bench.flink import consumer_lag, record_windows
 from flink_jobs.config import FlinkJobSettings
 from gateway import endpoints, pki, topics
 from gateway.registry import DeviceRegistry, connect, ensure_provisioned
+from gateway.settings import KafkaConnection
+from stack import topology
 from stack.config import StackSettings
 
 log = logging.getLogger("bench.capacity")
@@ -53,12 +57,27 @@ PROFILES = ("default", "replicated")
 
 
 def _settings(profile: str) -> StackSettings:
-    """The stack of `profile`, whichever runs now (settings without profiles: the default)."""
-    if "profile" in StackSettings.model_fields:
-        return StackSettings.model_validate({"profile": profile})
-    if profile != "default":
-        raise SystemExit(f"profile {profile!r}: `iot up --profile {profile}` is not in this tree yet")
-    return StackSettings()
+    """The stack of `profile`, which must be the one running (both use the contract's ports)."""
+    settings = StackSettings.for_profile("replicated" if profile == "replicated" else "default")
+    running = StackSettings().profile
+    if running != settings.profile:
+        raise RuntimeError(
+            f"the {running} profile runs, not {profile}: `iot down`, then `iot up --profile {profile}`"
+        )
+    return settings
+
+
+@contextlib.contextmanager
+def _client_env(settings: StackSettings) -> Iterator[None]:
+    """The profile's Kafka and Cassandra addresses and credentials for this process's clients
+    (and the publishers'), as client.env hands them to users; nothing for the default."""
+    saved = dict(os.environ)
+    os.environ.update(topology.service_env(settings))
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def _next_start(after: float) -> float:
@@ -78,9 +97,9 @@ class _Sampler(threading.Thread):
         self.lag: list[int] = []
         self.stop = threading.Event()
         self._session, self._devices, self._since = session, devices, since_ms
-        self._bootstrap = f"{endpoints.HOST}:{settings.kafka_port}"
+        self._kafka = KafkaConnection().kafka_client_config()
         self._group = FlinkJobSettings().consumer_group
-        self._partitions = _partitions(self._bootstrap)
+        self._partitions = _partitions(self._kafka)
 
     def run(self) -> None:
         tick = 0
@@ -88,17 +107,19 @@ class _Sampler(threading.Thread):
             try:
                 record_windows(self._session, self._devices, self.seen, self._since)
                 if tick % 3 == 0:
-                    self.lag.append(consumer_lag(self._bootstrap, self._group, topics.KAFKA_READINGS,
-                                                 self._partitions))
+                    self.lag.append(consumer_lag(
+                        self._kafka["bootstrap.servers"], self._group, topics.KAFKA_READINGS,
+                        self._partitions, self._kafka,
+                    ))
             except Exception as exc:  # a slow answer under load is a sample missed, not a stop
                 log.warning("sampler: %s: %s", exc.__class__.__name__, exc)
             tick += 1
 
 
-def _partitions(bootstrap: str) -> int:
+def _partitions(kafka: dict[str, Any]) -> int:
     from confluent_kafka.admin import AdminClient
 
-    meta = AdminClient({"bootstrap.servers": bootstrap}).list_topics(topics.KAFKA_READINGS, timeout=10)
+    meta = AdminClient(kafka).list_topics(topics.KAFKA_READINGS, timeout=10)
     return len(meta.topics[topics.KAFKA_READINGS].partitions)
 
 
@@ -126,17 +147,23 @@ class Run:
     def step(self, rate: int, seconds: float) -> dict[str, Any]:
         prefix = f"cap-s{len(self.steps)}"
         fleet = self._fleet(prefix, rate, seconds)
-        fleet.wait_ready()
-        go = _next_start(time.time())
-        sample = [f"{prefix}-{i:05d}" for i in range(0, self.devices, self.devices // FRESHNESS_SAMPLE)]
-        sampler = _Sampler(self.settings, self.session, sample, int((go - START_SECOND) * 1000))
-        time.sleep(max(0.0, go - time.time()))
-        fleet.go()
-        sampler.start()
-        result = fleet.result()
-        time.sleep(max(0.0, go + seconds + 5 - time.time()))
-        sampler.stop.set()
-        sampler.join(10)
+        every = max(1, self.devices // FRESHNESS_SAMPLE)
+        sample = [f"{prefix}-{i:05d}" for i in range(0, self.devices, every)]
+        try:
+            fleet.wait_ready()
+            go = _next_start(time.time())
+            sampler = _Sampler(self.settings, self.session, sample, int((go - START_SECOND) * 1000))
+            time.sleep(max(0.0, go - time.time()))
+            fleet.go()
+            sampler.start()
+            try:
+                result = fleet.result()
+                time.sleep(max(0.0, go + seconds + 5 - time.time()))
+            finally:
+                sampler.stop.set()
+                sampler.join(10)
+        finally:
+            fleet.kill()  # the ones still running after a failure
         # Windows that closed 10 s or more into the step; one never seen counts as too late.
         ends = [e for e in range(int(go) // 60 * 60 + 60, int(go + seconds) + 1, 60) if e >= go + 10]
         fresh = [sampler.seen.get((d, e), math.inf) for d in sample for e in ends]
@@ -222,10 +249,13 @@ def mosquitto_alone(devices: int, seconds: float, procs: int) -> dict[str, Any]:
         fleet = Fleet(settings.mqtt_port, settings.pki_dir, prefix, devices, 10 * CEILING, seconds,
                       procs, log_dir, window=100)
         with LiveSubscriber(settings) as sub:
-            fleet.wait_ready()
-            started = time.monotonic()
-            fleet.go()
-            result = fleet.result()
+            try:
+                fleet.wait_ready()
+                started = time.monotonic()
+                fleet.go()
+                result = fleet.result()
+            finally:
+                fleet.kill()
             time.sleep(2)
             # From 3 s in (every publisher writing) to the end of the publishing.
             received = sub.count_at(started + seconds) - sub.count_at(started + 3)
@@ -239,15 +269,15 @@ def mosquitto_alone(devices: int, seconds: float, procs: int) -> dict[str, Any]:
     }
 
 
-def _search(bench: Run, start: int) -> int | None:
+def _search(bench: Run, start: int, max_steps: int) -> int | None:
     tried: list[search.Step] = []
-    while len(tried) < MAX_STEPS and (rate := search.next_rate(tried, start, CEILING)) is not None:
+    while len(tried) < max_steps and (rate := search.next_rate(tried, start, CEILING)) is not None:
         tried.append(search.Step(rate, bench.step(rate, STEP_S)["kept_up"]))
     return search.chosen_rate(tried)
 
 
 def run(profile: str = "default", devices: int = DEVICES, procs: int = 2, start: int = START_RATE,
-        only: str = "") -> dict[str, Any]:
+        only: str = "", max_steps: int = MAX_STEPS, confirm_s: float = CONFIRM_S) -> dict[str, Any]:
     if profile not in PROFILES:
         raise ValueError(f"profile {profile!r}: one of {', '.join(PROFILES)}")
     settings = _settings(profile)
@@ -257,15 +287,16 @@ def run(profile: str = "default", devices: int = DEVICES, procs: int = 2, start:
         log.info("Mosquitto alone: %s", figures["mosquitto_alone"])
     if only == "mosquitto":
         return figures
-    bench = Run(settings, devices, procs)
-    try:
-        chosen = _search(bench, start)
-        confirmed = None
-        if chosen is not None:
-            confirmed = bench.step(chosen, CONFIRM_S)
-        bench.oracle()
-    finally:
-        bench.close()
+    with _client_env(settings):
+        bench = Run(settings, devices, procs)
+        try:
+            chosen = _search(bench, start, max_steps)
+            confirmed = None
+            if chosen is not None:
+                confirmed = bench.step(chosen, confirm_s)
+            bench.oracle()
+        finally:
+            bench.close()
     for step in bench.steps:
         step.pop("expected")
     figures["steps"] = bench.steps
@@ -296,11 +327,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--procs", type=int, default=2, help="publisher processes")
     p.add_argument("--start", type=int, default=START_RATE, help="first step's readings/s")
     p.add_argument("--only", choices=("mosquitto", "pipeline"), default="")
+    p.add_argument("--max-steps", type=int, default=MAX_STEPS, help="short steps of the search")
+    p.add_argument("--confirm-seconds", type=float, default=CONFIRM_S)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("cassandra").setLevel(logging.ERROR)
-    figures = run(args.profile, args.devices, args.procs, args.start,
-                  "" if args.only == "" else args.only)
+    figures = run(args.profile, args.devices, args.procs, args.start, args.only, args.max_steps,
+                  args.confirm_seconds)
     sys.stdout.write(json.dumps(figures, indent=2, default=str) + "\n")
     return 0
 
