@@ -33,9 +33,7 @@ from typing import Any
 from bench.mosquitto_clients import pub_lines_argv, tls_args
 from gateway import pki
 from gateway.contract import telemetry_payload
-from stack.config import StackSettings
-from tests.conftest import ensure_services
-from tests.integration.bridge_harness import (
+from harness.bridge import (
     BridgeProcess,
     create_topics,
     private_stack,
@@ -45,6 +43,8 @@ from tests.integration.bridge_harness import (
     reading_id,
     wait_for_records,
 )
+from harness.services import ensure_services
+from stack.config import StackSettings
 
 log = logging.getLogger("bench.bridge")
 

@@ -14,12 +14,12 @@ from typing import Any
 
 from gateway.cassandra_session import connect
 from gateway.settings import CassandraConnection
+from harness.browser import browser, sign_in, wait_for
+from harness.query_api import insert_windows, register, user_password
+from harness.services import ensure_services
 from stack import process
 from stack.config import StackSettings
 from stack.services import by_name
-from tests.conftest import ensure_services
-from tests.e2e.console_browser import browser, sign_in, wait_for
-from tests.integration.query_api_support import insert_windows, register, user_password
 
 log = logging.getLogger(__name__)
 

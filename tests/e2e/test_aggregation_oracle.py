@@ -259,7 +259,7 @@ def test_api_serves_the_oracle_windows(services: Any) -> None:
     hours can close in a test's minutes (sent to Kafka with past event times)."""
     from gateway.registry import DeviceRegistry
     from gateway.registry import connect as registry_session
-    from tests.integration.query_api_support import password_token
+    from harness.query_api import password_token
 
     with services({"kafka", "cassandra", "flink", "writer", "keycloak", "query-api"}) as settings:
         session = connect(

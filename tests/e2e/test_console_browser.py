@@ -21,9 +21,9 @@ from gateway import endpoints, pki, topics
 from gateway.registry import DeviceRegistry, provision_device
 from gateway.registry import connect as registry_session
 from gateway.settings import CassandraConnection
+from harness.browser import browser, screenshot, sign_in, wait_for
+from harness.query_api import password_token, user_password
 from stack.config import StackSettings
-from tests.e2e.console_browser import browser, screenshot, sign_in, wait_for
-from tests.integration.query_api_support import password_token, user_password
 
 pytestmark = pytest.mark.e2e
 

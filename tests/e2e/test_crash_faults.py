@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
+from harness.query_api import password_token
 from stack import orchestrator, process
 from stack.config import StackSettings
 from tests.e2e import fault_harness as harness
-from tests.integration.query_api_support import password_token
 
 pytestmark = pytest.mark.e2e
 

@@ -17,9 +17,9 @@ from gateway.groups import GroupRegistry
 from gateway.registry import DeviceRegistry
 from gateway.registry import connect as registry_session
 from gateway.settings import CassandraConnection
+from harness.query_api import password_token
 from stack.config import StackSettings
 from tests.e2e import fault_harness as harness
-from tests.integration.query_api_support import password_token
 from tests.oracle import OracleReading, close_enough, expected
 
 pytestmark = pytest.mark.e2e

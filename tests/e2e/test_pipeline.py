@@ -27,9 +27,9 @@ from gateway.contract import telemetry_payload
 from gateway.registry import DeviceRegistry, provision_device
 from gateway.registry import connect as registry_session
 from gateway.settings import CassandraConnection
+from harness.bridge import header_map
+from harness.query_api import password_token
 from stack.config import StackSettings
-from tests.integration.bridge_harness import header_map
-from tests.integration.query_api_support import password_token
 from tests.oracle import OracleReading, close_enough, expected
 
 pytestmark = pytest.mark.e2e

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
+from harness.query_api import password_token
 from stack import process, supervisor
 from stack.config import StackSettings
 from stack.supervision import SupervisorState
 from tests.e2e import fault_harness as harness
-from tests.integration.query_api_support import password_token
 
 pytestmark = pytest.mark.e2e
 

@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 
 from gateway.contract import MAX_PAYLOAD_BYTES, Reason, telemetry_payload
-from stack.config import StackSettings
-from tests.integration.bridge_harness import (
+from harness.bridge import (
     BridgeProcess,
     KafkaRecord,
     create_topics,
@@ -29,6 +28,7 @@ from tests.integration.bridge_harness import (
     reading_id,
     rss_bytes,
 )
+from stack.config import StackSettings
 
 pytestmark = pytest.mark.integration
 

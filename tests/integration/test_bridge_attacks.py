@@ -20,8 +20,7 @@ import pytest
 from emulator.device import DeviceClient, Stats
 from gateway import pki
 from gateway.contract import MQTT_MAX_PACKET_BYTES, Reason, telemetry_payload
-from stack.config import StackSettings
-from tests.integration.bridge_harness import (
+from harness.bridge import (
     BridgeProcess,
     KafkaRecord,
     create_topics,
@@ -31,6 +30,7 @@ from tests.integration.bridge_harness import (
     publish,
     read_topic,
 )
+from stack.config import StackSettings
 
 pytestmark = pytest.mark.integration
 

@@ -22,10 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from stack import process
-from stack.config import StackSettings
-from stack.services.mosquitto import MosquittoService
-from tests.integration.bridge_harness import (
+from harness.bridge import (
     BridgeProcess,
     create_topics,
     private_stack,
@@ -33,6 +30,9 @@ from tests.integration.bridge_harness import (
     read_topic,
     reading_id,
 )
+from stack import process
+from stack.config import StackSettings
+from stack.services.mosquitto import MosquittoService
 from tests.integration.broker_harness import Fleet
 
 pytestmark = pytest.mark.integration

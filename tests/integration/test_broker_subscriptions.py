@@ -24,8 +24,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway import pki, topics
 from gateway.contract import telemetry_payload
-from stack.config import StackSettings
-from tests.integration.bridge_harness import (
+from harness.bridge import (
     BridgeProcess,
     KafkaRecord,
     create_topics,
@@ -34,6 +33,7 @@ from tests.integration.bridge_harness import (
     read_topic,
     reading_id,
 )
+from stack.config import StackSettings
 from tests.integration.broker_harness import group_subscription, paho_client
 
 pytestmark = pytest.mark.integration

@@ -14,9 +14,9 @@ import httpx
 import pytest
 
 from gateway import endpoints
+from harness.query_api import admin_headers, throwaway_user, user_password
 from stack.config import StackSettings
 from stack.services import keycloak_admin
-from tests.integration.query_api_support import admin_headers, throwaway_user, user_password
 
 pytestmark = pytest.mark.integration
 

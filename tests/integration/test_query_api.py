@@ -27,10 +27,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.core.result import Ok
 
 from gateway import endpoints
-from stack.config import StackSettings
-from storage.config import StorageSettings
-from storage.migrate import migrate
-from tests.integration.query_api_support import (
+from harness.query_api import (
     SHORT_LIVED_CLIENT,
     accepting_env,
     admin_password,
@@ -42,6 +39,9 @@ from tests.integration.query_api_support import (
     short_lived_client,
     token_response,
 )
+from stack.config import StackSettings
+from storage.config import StorageSettings
+from storage.migrate import migrate
 
 pytestmark = pytest.mark.integration
 

@@ -23,10 +23,10 @@ from cassandra.cluster import Cluster, Session
 from cassandra.concurrent import execute_concurrent_with_args
 
 from gateway import endpoints
+from harness.query_api import ms, password_token, register, running_api
 from stack.config import StackSettings
 from storage.config import StorageSettings
 from storage.migrate import migrate
-from tests.integration.query_api_support import ms, password_token, register, running_api
 
 pytestmark = pytest.mark.integration
 
