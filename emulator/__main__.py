@@ -13,6 +13,7 @@ from emulator.config import EmulatorSettings
 from emulator.fleet import FleetConfig, FleetResult, run_fleet
 from emulator.runtime import event_loop_factory
 from gateway.contract import TENANT_PATTERN, is_valid_tenant
+from gateway.service_main import run_main
 
 log = logging.getLogger("emulator")
 
@@ -24,8 +25,7 @@ def _share(text: str) -> float:
     return value
 
 
-def build_parser(settings: EmulatorSettings) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="iot emulate", description=__doc__)
+def add_arguments(p: argparse.ArgumentParser, settings: EmulatorSettings) -> None:
     p.add_argument("--devices", type=int, default=settings.emulator_devices)
     p.add_argument("--rate", type=float, default=settings.emulator_rate,
                    help="readings per second per device (0: as fast as acknowledgements allow)")
@@ -52,8 +52,6 @@ def build_parser(settings: EmulatorSettings) -> argparse.ArgumentParser:
     p.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto",
                    help="event loop: uvloop when installed (auto), or the standard one")
     p.add_argument("--progress", type=float, default=2.0, help="seconds between progress lines")
-    p.add_argument("-v", "--verbose", action="store_true")
-    return p
 
 
 def _provisioner(settings: EmulatorSettings) -> Callable[[list[str], str], int]:
@@ -86,11 +84,14 @@ def _run(config: FleetConfig, loop: str) -> FleetResult:
 
 def main(argv: Sequence[str] | None = None) -> int:
     settings = EmulatorSettings()
-    args = build_parser(settings).parse_args(None if argv is None else list(argv))
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr,
+    return run_main(
+        "iot emulate", __doc__, lambda args: _emulate(args, settings), argv,
+        arguments=lambda p: add_arguments(p, settings),
     )
+
+
+def _emulate(args: argparse.Namespace, settings: EmulatorSettings) -> int:
+    # The driver logs a traceback per failed connection attempt; the error says it in one line.
     logging.getLogger("cassandra").setLevel(logging.CRITICAL)
     if not is_valid_tenant(args.tenant):
         log.error("invalid tenant %r: must match %s", args.tenant, TENANT_PATTERN)
@@ -110,11 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("emulating %d devices %s-%05d.. at %.2f readings/s each against %s:%d",
              config.devices, config.prefix, config.first_index, config.rate, config.host,
              config.port)
-    try:
-        result = _run(config, args.loop)
-    except Exception as exc:
-        log.error("emulator failed: %s: %s", exc.__class__.__name__, exc)
-        return 1
+    result = _run(config, args.loop)
     log.info("summary: %s", result.summary())
     return 0 if result.ok else 1
 

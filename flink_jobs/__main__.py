@@ -13,21 +13,26 @@ from flink_jobs import checkpoints
 from flink_jobs.config import FlinkJobSettings
 from flink_jobs.job import statements, submit
 from flink_jobs.rest import FlinkRest
+from gateway.service_main import run_main
 
 log = logging.getLogger("flink_jobs")
 _TERMINAL = {"FINISHED", "CANCELED", "FAILED"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="iot flink-job", description=__doc__)
+    return run_main("iot flink-job", __doc__, _submit, argv, arguments=_arguments)
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--restore",
         default="auto",
         help="'auto' (newest checkpoint of this job's lineage), 'none', or a checkpoint path",
     )
     parser.add_argument("--force", action="store_true", help="submit even if the job is running")
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _submit(args: argparse.Namespace) -> int:
     settings = FlinkJobSettings()
     log.info("settings: %s", settings.model_dump_json())
     plan = checkpoints.plan_fingerprint(statements(settings))

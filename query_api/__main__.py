@@ -4,37 +4,24 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
-import uvicorn
-
+from gateway.service_main import add_listen_arguments, listen_overrides, run_main, serve_asgi
 from query_api.config import QueryApiSettings
 from query_api.main import create_app
 
-log = logging.getLogger("query_api")
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="query-api", description=__doc__)
-    parser.add_argument("--host", help="listen address (default IOT_QUERY_API_HOST)")
-    parser.add_argument("--port", type=int, help="listen port (default IOT_QUERY_API_PORT)")
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    add_listen_arguments(parser, "QUERY_API")
     parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    overrides: dict[str, object] = {}
-    if args.host:
-        overrides["query_api_host"] = args.host
-    if args.port:
-        overrides["query_api_port"] = args.port
-    settings = QueryApiSettings(**overrides)  # type: ignore[arg-type]
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = QueryApiSettings(**listen_overrides(args, "query_api"))
     if args.workers > 1:
+        import uvicorn
+
         # uvicorn's process manager: SIGTERM reaches every worker, each stops gracefully.
         uvicorn.run(
             "query_api.main:create_app", factory=True, host=settings.query_api_host,
@@ -42,20 +29,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             log_config=None, timeout_graceful_shutdown=10,
         )
         return 0
-    config = uvicorn.Config(
-        create_app(settings),
-        host=settings.query_api_host,
-        port=settings.query_api_port,
-        workers=1,
-        access_log=settings.access_log,
-        log_config=None,  # keep our logging configuration
-        # SIGTERM/SIGINT: stop accepting, let running requests finish, then run the lifespan exit.
-        timeout_graceful_shutdown=10,
+    return serve_asgi(
+        create_app(settings), settings.query_api_host, settings.query_api_port, settings.access_log
     )
-    server = uvicorn.Server(config)
-    server.run()
-    # uvicorn leaves started=False when it could not bind or the lifespan failed.
-    return 0 if server.started else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main("iot query-api", __doc__, _serve, argv, arguments=_arguments)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 
+from gateway.service_main import configure_logging
 from stack.errors import StackError
 
 # command -> (module, function, help); the function takes the remaining argv.
@@ -29,17 +30,6 @@ DELEGATED: dict[str, tuple[str, str, str]] = {
     "query-api": ("query_api.__main__", "main", "run the query API"),
     "console": ("console.__main__", "main", "run the web console"),
 }
-
-
-def configure_logging(verbose: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # Client libraries log every request at INFO; keep the runner's output to its own events.
-    for noisy in ("httpx", "httpcore", "cassandra", "kafka"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _cmd_up(args: argparse.Namespace) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import signal
 import sys
@@ -9,7 +10,8 @@ from collections.abc import Sequence
 
 from prometheus_client import start_http_server
 
-from gateway.cassandra_session import connect
+from gateway.cassandra_session import CassandraUnavailable, connect
+from gateway.service_main import run_main
 from storage.config import StorageSettings
 from storage.migrate import migrate
 from storage.writer import AggregatesWriter, WriterError
@@ -18,8 +20,11 @@ log = logging.getLogger("storage")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    del argv
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run_main("iot writer", __doc__, _run, argv, expected=(WriterError, CassandraUnavailable))
+
+
+def _run(args: argparse.Namespace) -> int:
+    del args
     settings = StorageSettings()
     log.info("settings: %s", settings.model_dump_json())
     session = connect(settings)
@@ -32,11 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: writer.stop())
     start_http_server(settings.writer_metrics_port, addr="127.0.0.1")
-    try:
-        writer.run()
-    except WriterError as exc:
-        log.error("writer failed: %s", exc)
-        return 1
+    writer.run()
     return 0
 
 

@@ -6,6 +6,7 @@ re-applied from the settings on every run, so changing IOT_TTL_1M_S takes effect
 
 from __future__ import annotations
 
+import argparse
 import logging
 import re
 import sys
@@ -14,7 +15,8 @@ from pathlib import Path
 
 from cassandra.cluster import Session
 
-from gateway.cassandra_session import connect
+from gateway.cassandra_session import CassandraUnavailable, connect
+from gateway.service_main import run_main
 from storage.config import StorageSettings
 
 log = logging.getLogger(__name__)
@@ -57,8 +59,11 @@ def migrate(session: Session, settings: StorageSettings) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    del argv
+    return run_main("iot migrate", __doc__, _run, argv, expected=(CassandraUnavailable,))
+
+
+def _run(args: argparse.Namespace) -> int:
+    del args
     settings = StorageSettings()
     session = connect(settings)
     cluster = session.cluster
