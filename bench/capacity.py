@@ -247,7 +247,7 @@ def mosquitto_alone(devices: int, seconds: float, procs: int) -> dict[str, Any]:
         log_dir = StackSettings().stack_dir / "bench-capacity"
         log_dir.mkdir(parents=True, exist_ok=True)
         fleet = Fleet(settings.mqtt_port, settings.pki_dir, prefix, devices, 10 * CEILING, seconds,
-                      procs, log_dir, window=100)
+                      procs, log_dir)
         with LiveSubscriber(settings) as sub:
             try:
                 fleet.wait_ready()

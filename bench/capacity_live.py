@@ -43,7 +43,7 @@ class Fleet:
 
     def __init__(
         self, port: int, pki_dir: Path, prefix: str, devices: int, rate: float, seconds: float,
-        procs: int, log_dir: Path, window: int = 50,
+        procs: int, log_dir: Path, window: int = 100,
     ) -> None:
         self.seconds = seconds
         self._procs: list[subprocess.Popen[bytes]] = []
