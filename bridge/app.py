@@ -23,6 +23,7 @@ from bridge.metrics import BridgeMetrics
 from bridge.mqtt_source import MqttSource
 from bridge.tenants import RegistryTenants
 from gateway.groups import MembershipCache
+from gateway.retry import Backoff, Stopped, retry_async
 
 log = logging.getLogger(__name__)
 
@@ -52,18 +53,17 @@ async def _heartbeats(
 
     interval = settings.bridge_heartbeat_interval_s
     producer = Producer(producer_config(settings, interval))
-    delay = 1.0
-    while not stop.is_set():
-        try:
-            partitions = await asyncio.to_thread(topic_partitions, producer, settings.bridge_readings_topic)
-            break
-        except (KafkaException, RuntimeError) as exc:
-            log.warning("heartbeats wait for the partitions of %s: %s; retrying in %.0fs",
-                        settings.bridge_readings_topic, exc, delay)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=delay)
-            delay = min(delay * 2, 30.0)
-    else:
+
+    def told(exc: BaseException, delay: float) -> None:
+        log.warning("heartbeats wait for the partitions of %s: %s; retrying in %.0fs",
+                    settings.bridge_readings_topic, exc, delay)
+
+    try:
+        partitions = await retry_async(
+            lambda: asyncio.to_thread(topic_partitions, producer, settings.bridge_readings_topic),
+            (KafkaException, RuntimeError), Backoff(1.0, 30.0), stop=stop, on_retry=told,
+        )
+    except Stopped:
         return
     heartbeat = Heartbeat(
         producer, settings.bridge_readings_topic, partitions, interval,

@@ -39,6 +39,7 @@ from gateway.contract import (
 )
 from gateway.mqtt_codec import Publish
 from gateway.registry import RegistryError
+from gateway.retry import Backoff, retry_async
 from gateway.topics import device_id_from_topic, telemetry_topic
 
 log = logging.getLogger(__name__)
@@ -181,15 +182,14 @@ class Forwarder:
     async def _look_up(self, device_id: str) -> str | None:
         """The registry being unreachable says nothing about the message: hold it (and with it
         the MQTT window) and retry, rather than dead-lettering a valid reading."""
-        delay = _REGISTRY_RETRY_MIN_S
-        while True:
-            try:
-                return await asyncio.to_thread(self._tenants.tenant_of, device_id)
-            except RegistryError as exc:
-                log.warning("tenant of %s unknown for now, reading from Mosquitto paused, "
-                            "retrying in %.1fs: %s", device_id, delay, exc)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, _REGISTRY_RETRY_MAX_S)
+        def told(exc: BaseException, delay: float) -> None:
+            log.warning("tenant of %s unknown for now, reading from Mosquitto paused, "
+                        "retrying in %.1fs: %s", device_id, delay, exc)
+
+        return await retry_async(
+            lambda: asyncio.to_thread(self._tenants.tenant_of, device_id), (RegistryError,),
+            Backoff(_REGISTRY_RETRY_MIN_S, _REGISTRY_RETRY_MAX_S), on_retry=told,
+        )
 
     async def stop(self) -> None:
         """Give up a pending lookup (its messages stay unacknowledged: the broker redelivers)."""

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import ssl
 import time
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from bridge.mqtt5 import Mqtt5Connection, MqttProtocolError, tls_context
 from bridge.tracker import AckTracker
 from gateway import mqtt_codec as codec
 from gateway.mqtt_codec import Publish
+from gateway.retry import Backoff, wait_or_stop
 
 log = logging.getLogger(__name__)
 
@@ -78,15 +78,15 @@ class MqttSource:
     async def run(self, stop: asyncio.Event) -> None:
         """Connect and serve until stop (or pause); reconnect with backoff and jitter."""
         s = self._settings
-        delay = s.bridge_reconnect_min_s
+        backoff = Backoff(s.bridge_reconnect_min_s, s.bridge_reconnect_max_s)
         while not stop.is_set() and not self._paused:
             try:
                 await self._serve_connection(stop)
-                delay = s.bridge_reconnect_min_s
+                backoff.reset()
             except SessionTakenOver as exc:
                 log.error("Mosquitto ended our session: another client connected as %s (%s); "
                           "retrying in about %.0fs", s.bridge_client_id, exc, s.bridge_reconnect_max_s)
-                delay = s.bridge_reconnect_max_s
+                backoff.saturate()
             except (OSError, ssl.SSLError, MqttProtocolError, TimeoutError) as exc:
                 cause = "protocol_error" if isinstance(exc, MqttProtocolError) else "connect_failed"
                 self._metrics.mqtt_disconnects.labels(cause=cause).inc()
@@ -94,11 +94,9 @@ class MqttSource:
                             exc.__class__.__name__, exc)
             if stop.is_set() or self._paused:
                 return
-            pause_s = delay * random.uniform(0.5, 1.5)
+            pause_s = backoff.next_delay()
             log.info("reconnecting to Mosquitto in %.1fs", pause_s)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), pause_s)
-            delay = min(delay * 2, s.bridge_reconnect_max_s)
+            await wait_or_stop(stop, pause_s)
 
     async def _serve_connection(self, stop: asyncio.Event) -> None:
         s = self._settings

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import ssl
@@ -12,6 +11,7 @@ from dataclasses import dataclass, field
 
 from emulator.mqtt import DISCONNECT_PACKET, MqttError, MqttProtocol, publish_packet
 from gateway.pki import Identity
+from gateway.retry import Backoff, wait_or_stop
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ class DeviceClient:
 
     async def connect_with_retry(self, stop: asyncio.Event) -> None:
         """Exponential backoff with jitter until connected or stopped."""
-        delay = 0.5
+        backoff = Backoff(initial_s=0.5, max_s=30.0)
         while not stop.is_set() and not self._closing:
             try:
                 await self.connect()
@@ -149,9 +149,7 @@ class DeviceClient:
                 self._stats.connect_errors += 1
                 self._stats.last_error = f"{self.device_id}: {exc.__class__.__name__}: {exc}"
                 log.debug("connect %s failed: %s", self.device_id, exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay * random.uniform(0.5, 1.5))
-            delay = min(delay * 2, 30.0)
+            await wait_or_stop(stop, backoff.next_delay())
 
     def _lost(self, exc: Exception | None) -> None:
         if self._protocol is None:

@@ -6,13 +6,13 @@ import asyncio
 import contextlib
 import gc
 import logging
-import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from gateway.retry import Backoff, retry_async
 from query_api.auth import JwksCache, JwksFetcher, TokenValidator, keycloak_fetcher
 from query_api.config import QueryApiSettings
 from query_api.db import CassandraStore
@@ -29,17 +29,16 @@ log = logging.getLogger(__name__)
 
 async def _keep_connecting(store: CassandraStore, repository: AggregateRepository) -> None:
     """Connect and prepare, retrying with jittered backoff: the API may start before Cassandra."""
-    delay = 0.5
-    while True:
-        try:
-            if not store.connected:
-                await store.connect()
-            await repository.prepare()
-            return
-        except QueryApiError as exc:
-            log.warning("Cassandra not usable yet (%s); retrying in %.1fs", exc, delay)
-        await asyncio.sleep(delay * random.uniform(0.5, 1.5))
-        delay = min(delay * 2, 15.0)
+
+    async def attempt() -> None:
+        if not store.connected:
+            await store.connect()
+        await repository.prepare()
+
+    def told(exc: BaseException, delay: float) -> None:
+        log.warning("Cassandra not usable yet (%s); retrying in %.1fs", exc, delay)
+
+    await retry_async(attempt, (QueryApiError,), Backoff(initial_s=0.5, max_s=15.0), on_retry=told)
 
 
 def create_app(

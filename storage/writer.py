@@ -7,7 +7,6 @@ exact rows: a batch replayed after a crash writes the same values again.
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from typing import Any
@@ -18,6 +17,7 @@ from confluent_kafka import Consumer, KafkaError, Message
 from prometheus_client import Counter, Gauge, Histogram
 
 from gateway.cassandra_session import connect
+from gateway.retry import Backoff, RetriesExhausted
 from storage.config import StorageSettings
 from storage.rows import CQL, Row, dedupe, to_row
 
@@ -117,18 +117,20 @@ class AggregatesWriter:
         rows = self._rows(messages)
         if not rows:
             return
-        attempt = 0
+        backoff = Backoff(initial_s=0.4, max_s=30.0, max_attempts=self.settings.writer_max_retries)
         while True:
             failures = self._execute(rows)
             if not failures:
                 break
-            attempt += 1
             RETRIES.inc()
-            if attempt > self.settings.writer_max_retries:
-                raise WriterError(f"{len(failures)} rows still failing after {attempt} attempts")
-            delay = min(30.0, 0.2 * 2**attempt) * (0.5 + random.random())
+            try:
+                delay = backoff.next_delay()
+            except RetriesExhausted as exc:
+                raise WriterError(
+                    f"{len(failures)} rows still failing after {backoff.attempts + 1} attempts"
+                ) from exc
             log.warning("%d of %d rows failed (%s); retry %d in %.1fs",
-                        len(failures), len(rows), failures[0][1], attempt, delay)
+                        len(failures), len(rows), failures[0][1], backoff.attempts, delay)
             rows = [row for row, _ in failures]
             if self._stop.wait(delay):
                 raise WriterError("stopped while retrying; offsets not committed")
