@@ -21,11 +21,11 @@ from pydantic import SecretStr
 
 from gateway import cassandra_session, endpoints, topics
 from gateway.settings import CassandraConnection
+from harness.query_api import password_token
 from stack import orchestrator, process, topology
 from stack.config import StackSettings
 from storage.rows import bucket_month
 from tests.e2e import fault_harness as harness
-from tests.integration.query_api_support import password_token
 from tests.replicated import kafka_probe
 
 pytestmark = pytest.mark.replicated
@@ -131,9 +131,11 @@ def _new_windows(run: harness.Run, since_ms: int) -> int:
 
 def _fault(stack: StackSettings, run: harness.Run, fault: Fault, during: dict[str, int]) -> None:
     spec = harness.process_spec(stack, fault.process)
+    # Before the kill: right after it, a killed broker still leads its partitions for the
+    # broker session timeout (seconds), and asking them for offsets would wait on it.
+    offsets = kafka_probe.end_offsets(stack)
     assert process.kill(spec), f"{fault.process} was not running"
     killed_ms = int(time.time() * 1000)
-    offsets = kafka_probe.end_offsets(stack)
     time.sleep(fault.down_s)
     # Still down (nothing restarted it): what flowed meanwhile flowed without it.
     assert not process.is_running(spec), f"{fault.process} came back during the fault"
