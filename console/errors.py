@@ -2,36 +2,28 @@
 
 from __future__ import annotations
 
+from gateway import http_errors
 
-class ConsoleError(Exception):
+
+class ConsoleError(http_errors.HttpError):
     """Root of everything the console raises on purpose; `status` is the HTTP answer."""
 
-    status: int = 500
 
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail)
-        self.detail = detail
-
-
-class SignedOut(ConsoleError):
+class SignedOut(ConsoleError, http_errors.Unauthenticated):
     """No session, or its tokens can no longer be refreshed: sign in again."""
 
-    status = 401
+
+class Forbidden(ConsoleError, http_errors.Forbidden):
+    """Signed in, but not allowed this page."""
 
 
-class Forbidden(ConsoleError):
-    status = 403
+class NotFound(ConsoleError, http_errors.NotFound):
+    """No such device or page."""
 
 
-class NotFound(ConsoleError):
-    status = 404
+class BadInput(ConsoleError, http_errors.BadInput):
+    """A parameter out of its range or form."""
 
 
-class BadInput(ConsoleError):
-    status = 400
-
-
-class Upstream(ConsoleError):
+class Upstream(ConsoleError, http_errors.Unavailable):
     """Keycloak, the query API, Kafka or Cassandra did not answer usefully."""
-
-    status = 503

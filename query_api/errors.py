@@ -4,29 +4,23 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from gateway import http_errors
 
-class QueryApiError(Exception):
+
+class QueryApiError(http_errors.HttpError):
     """Root of everything the API raises on purpose; `status` is the HTTP answer."""
 
-    status: int = 500
 
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail)
-        self.detail = detail
+class BadInput(QueryApiError, http_errors.BadInput):
+    """A parameter out of its range or form."""
 
 
-class BadInput(QueryApiError):
-    status = 400
+class NotFound(QueryApiError, http_errors.NotFound):
+    """No such device, group or window (another tenant's looks the same)."""
 
 
-class NotFound(QueryApiError):
-    status = 404
-
-
-class DependencyDown(QueryApiError):
+class DependencyDown(QueryApiError, http_errors.Unavailable):
     """Cassandra or Keycloak did not answer; the caller may retry."""
-
-    status = 503
 
 
 class AuthFailure(StrEnum):
@@ -48,9 +42,7 @@ class AuthFailure(StrEnum):
     NO_TENANT = "no_tenant"
 
 
-class Unauthorized(QueryApiError):
-    status = 401
-
+class Unauthorized(QueryApiError, http_errors.Unauthenticated):
     def __init__(self, reason: AuthFailure, detail: str) -> None:
         super().__init__(detail)
         self.reason = reason
