@@ -7,26 +7,13 @@ from typing import Any
 import httpx
 
 from gateway import endpoints
+from gateway.prometheus_text import parse_prometheus
 
 
 def scrape(port: int) -> dict[str, float]:
     """Prometheus text of a local /metrics: `name` sums a metric over its labels (counters),
     `name{labels}` keeps each series (gauges)."""
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2.0).text
-    values: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        series, _, raw = line.rpartition(" ")
-        try:
-            value = float(raw)
-        except ValueError:
-            continue
-        name = series.split("{", 1)[0]
-        values[name] = values.get(name, 0.0) + value
-        if series != name:
-            values[series] = value
-    return values
+    return parse_prometheus(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2.0).text)
 
 
 def consumer_lag(bootstrap: str | dict[str, Any], group: str, topic: str) -> int | None:

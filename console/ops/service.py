@@ -23,6 +23,7 @@ from console.config import ConsoleSettings
 from console.ops.cassandra_view import CassandraView, TableInfo
 from console.ops.kafka_view import DeadLetter, GroupInfo, KafkaView, TopicInfo
 from gateway import topics
+from gateway.prometheus_text import parse_prometheus
 
 log = logging.getLogger(__name__)
 
@@ -51,24 +52,6 @@ class PipelineHealth:
     @property
     def freshness_s(self) -> float | None:
         return None if self.newest_window_end is None else max(0.0, time.time() - self.newest_window_end)
-
-
-def parse_prometheus(text: str) -> dict[str, float]:
-    """`name` sums a metric over its labels; `name{labels}` keeps each series."""
-    values: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        series, _, raw = line.rpartition(" ")
-        try:
-            value = float(raw)
-        except ValueError:
-            continue
-        name = series.split("{", 1)[0]
-        values[name] = values.get(name, 0.0) + value
-        if series != name:
-            values[series] = value
-    return values
 
 
 def stack_status(command: Sequence[str], timeout_s: float = 30.0) -> list[Component]:

@@ -137,7 +137,7 @@ def test_the_pipeline_view_hides_the_keycloak_admin_password() -> None:
 
 
 def test_prometheus_text_sums_counters_and_keeps_series() -> None:
-    from console.ops.service import parse_prometheus
+    from gateway.prometheus_text import parse_prometheus
 
     text = (
         '# HELP x\nbridge_messages_dlq_total{reason="a"} 2\n'
