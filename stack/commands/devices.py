@@ -7,8 +7,9 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 from pydantic_settings import SettingsConfigDict
 
@@ -137,38 +138,50 @@ def _run(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
         return 1
 
 
-def certs_main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="iot certs", description="device certificates")
+Handler = Callable[[argparse.Namespace, CertsSettings], int]
+# One argument: its names, then add_argument's keywords.
+Argument = tuple[tuple[str, ...], dict[str, Any]]
+
+TENANT: Argument = (("--tenant",), {"required": True})
+ANY_TENANT: Argument = (("--tenant",), {"help": "only this tenant's"})
+AS_JSON: Argument = (("--json",), {"action": "store_true"})
+
+
+def _main(
+    prog: str, description: str, commands: Sequence[tuple[str, str, Handler, Sequence[Argument]]],
+    argv: Sequence[str],
+) -> int:
+    """`prog ACTION ...`: one subcommand per (action, help, handler, arguments)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     sub = parser.add_subparsers(dest="action", required=True)
-    issue = sub.add_parser("issue", help="issue a device certificate and register the device")
-    issue.add_argument("device_id")
-    issue.add_argument("--tenant", required=True)
-    issue.set_defaults(func=_issue)
-    revoke = sub.add_parser("revoke", help="revoke a device certificate (CRL) and reload mosquitto")
-    revoke.add_argument("device_id")
-    revoke.set_defaults(func=_revoke)
-    sub.add_parser(
-        "operator", help="create the operator certificate if missing; print a mosquitto_sub command"
-    ).set_defaults(func=_operator)
-    init = sub.add_parser(
-        "init", help="create the CA, the broker's, the bridge's and the operator's certificates"
-    )
-    init.add_argument(
-        "--server-name", action="append", default=[], metavar="DNS",
-        help="another DNS name of the broker (repeatable), e.g. `mosquitto` in docker compose",
-    )
-    init.set_defaults(func=_init)
+    for action, help_text, handler, arguments in commands:
+        command = sub.add_parser(action, help=help_text)
+        for names, options in arguments:
+            command.add_argument(*names, **options)
+        command.set_defaults(func=handler)
     return _run(parser, argv)
+
+
+def certs_main(argv: Sequence[str]) -> int:
+    device: Argument = (("device_id",), {})
+    server_name: Argument = (("--server-name",), {
+        "action": "append", "default": [], "metavar": "DNS",
+        "help": "another DNS name of the broker (repeatable), e.g. `mosquitto` in docker compose",
+    })
+    return _main("iot certs", "device certificates", [
+        ("issue", "issue a device certificate and register the device", _issue, [device, TENANT]),
+        ("revoke", "revoke a device certificate (CRL) and reload mosquitto", _revoke, [device]),
+        ("operator", "create the operator certificate if missing; print a mosquitto_sub command",
+         _operator, []),
+        ("init", "create the CA, the broker's, the bridge's and the operator's certificates", _init,
+         [server_name]),
+    ], argv)
 
 
 def devices_main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="iot devices", description="provisioned devices")
-    sub = parser.add_subparsers(dest="action", required=True)
-    listing = sub.add_parser("list", help="devices, optionally of one tenant")
-    listing.add_argument("--tenant")
-    listing.add_argument("--json", action="store_true")
-    listing.set_defaults(func=_list)
-    return _run(parser, argv)
+    return _main("iot devices", "provisioned devices", [
+        ("list", "devices, optionally of one tenant", _list, [ANY_TENANT, AS_JSON]),
+    ], argv)
 
 
 @contextmanager
@@ -220,23 +233,12 @@ def _group_list(args: argparse.Namespace, settings: CertsSettings) -> int:
 
 
 def groups_main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="iot groups", description="a tenant's named device groups")
-    sub = parser.add_subparsers(dest="action", required=True)
-    create = sub.add_parser("create", help="create an empty group in a tenant")
-    create.add_argument("name")
-    create.add_argument("--tenant", required=True)
-    create.set_defaults(func=_group_create)
-    for action, help_text in (
-        ("add", "add devices (of the group's tenant) to a group"),
-        ("remove", "remove devices from a group"),
-    ):
-        command = sub.add_parser(action, help=help_text)
-        command.add_argument("name")
-        command.add_argument("device_ids", nargs="+", metavar="DEVICE_ID")
-        command.add_argument("--tenant", help="needed only when several tenants use the name")
-        command.set_defaults(func=_group_members)
-    listing = sub.add_parser("list", help="groups, optionally of one tenant, with their size")
-    listing.add_argument("--tenant")
-    listing.add_argument("--json", action="store_true")
-    listing.set_defaults(func=_group_list)
-    return _run(parser, argv)
+    name: Argument = (("name",), {})
+    members: Argument = (("device_ids",), {"nargs": "+", "metavar": "DEVICE_ID"})
+    which: Argument = (("--tenant",), {"help": "needed only when several tenants use the name"})
+    return _main("iot groups", "a tenant's named device groups", [
+        ("create", "create an empty group in a tenant", _group_create, [name, TENANT]),
+        ("add", "add devices (of the group's tenant) to a group", _group_members, [name, members, which]),
+        ("remove", "remove devices from a group", _group_members, [name, members, which]),
+        ("list", "groups, optionally of one tenant, with their size", _group_list, [ANY_TENANT, AS_JSON]),
+    ], argv)
