@@ -14,12 +14,15 @@ and the services log in as the application role, which may do anything in the ap
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
 import socket
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from cassandra import AuthenticationFailed, ProtocolVersion
@@ -111,6 +114,36 @@ def _no_mlock() -> list[str]:
 def _token(node: int, nodes: int) -> str:
     """Murmur3 tokens spread evenly: each of `nodes` nodes owns an equal share of the ring."""
     return str(-(2**63) + (node - 1) * (2**64 // nodes))
+
+
+class _ProbeFilter(logging.Filter):
+    """Drops the driver's records while any probe of ours runs (probes run in parallel threads,
+    so a count, not a saved level)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.active = 0
+        self.lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.active == 0
+
+
+_PROBE_FILTER = _ProbeFilter()
+logging.getLogger("cassandra.cluster").addFilter(_PROBE_FILTER)
+
+
+@contextlib.contextmanager
+def _quiet_driver() -> Iterator[None]:
+    """The driver logs every refused login of a probe as an ERROR with a traceback; our probes
+    report what failed themselves (a node of a fresh cluster refuses logins until set up)."""
+    with _PROBE_FILTER.lock:
+        _PROBE_FILTER.active += 1
+    try:
+        yield
+    finally:
+        with _PROBE_FILTER.lock:
+            _PROBE_FILTER.active -= 1
 
 
 def _is_auth_failure(exc: Exception) -> bool:
@@ -339,7 +372,8 @@ class CassandraService(Service):
         except OSError as exc:
             raise NotReady(f"CQL port {where} not open: {exc}") from exc
         try:
-            cluster, session = self._session(own_node=True)
+            with _quiet_driver() if self.node is not None else contextlib.nullcontext():
+                cluster, session = self._session(own_node=True)
         except Exception as exc:  # the driver raises several unrelated types while starting
             if self.node is not None and _is_auth_failure(exc):
                 # The node answers CQL; our superuser does not exist yet (initialise creates it).
@@ -380,7 +414,8 @@ class CassandraService(Service):
         well-known password is changed and whose login is disabled; the auth keyspace gets one
         replica per node, so a login survives a node's loss."""
         try:
-            self._session()[0].shutdown()
+            with _quiet_driver():
+                self._session()[0].shutdown()
             return  # done on an earlier start
         except Exception as exc:
             if not _is_auth_failure(exc):
@@ -389,7 +424,8 @@ class CassandraService(Service):
         deadline = time.monotonic() + _DEFAULT_ROLE_WAIT_S
         while True:  # the built-in role is created by the nodes a few seconds after they start
             try:
-                cluster, session = self._session(default)
+                with _quiet_driver():
+                    cluster, session = self._session(default)
                 break
             except Exception as exc:
                 if time.monotonic() > deadline:
