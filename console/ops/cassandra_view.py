@@ -17,6 +17,7 @@ from cassandra.query import dict_factory
 
 from console.config import ConsoleSettings
 from console.errors import BadInput, Upstream
+from console.ops import TIMEOUT_S
 from gateway.cassandra_session import CassandraUnavailable, connect
 from gateway.contract import DEVICE_ID_PATTERN
 
@@ -24,7 +25,6 @@ log = logging.getLogger(__name__)
 
 _DEVICE_ID = re.compile(DEVICE_ID_PATTERN)
 ROWS_SHOWN = 30
-_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +46,7 @@ class CassandraView:
         with self._lock:
             if self._session is None:
                 try:
-                    session = connect(self._settings, timeout_s=_TIMEOUT_S, row_factory=dict_factory)
+                    session = connect(self._settings, timeout_s=TIMEOUT_S, row_factory=dict_factory)
                 except CassandraUnavailable as exc:
                     raise Upstream(str(exc)) from exc
                 self._cluster, self._session = session.cluster, session

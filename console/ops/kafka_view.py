@@ -14,11 +14,11 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from console.errors import Upstream
+from console.ops import TIMEOUT_S
 from gateway.settings import KafkaConnection
 
 log = logging.getLogger(__name__)
 
-_TIMEOUT_S = 5.0
 PREVIEW_BYTES = 240
 
 
@@ -82,14 +82,14 @@ class KafkaView:
 
     def topics(self) -> list[TopicInfo]:
         try:
-            metadata = self._admin.list_topics(timeout=_TIMEOUT_S)
+            metadata = self._admin.list_topics(timeout=TIMEOUT_S)
             out = []
             for name in sorted(metadata.topics):
                 if name.startswith("__"):
                     continue
                 partitions = sorted(metadata.topics[name].partitions)
                 marks = [
-                    self._offsets.get_watermark_offsets(TopicPartition(name, p), timeout=_TIMEOUT_S)
+                    self._offsets.get_watermark_offsets(TopicPartition(name, p), timeout=TIMEOUT_S)
                     for p in partitions
                 ]
                 out.append(TopicInfo(name, len(partitions), [m[1] for m in marks], [m[0] for m in marks]))
@@ -103,14 +103,14 @@ class KafkaView:
         ends = {(t.name, p): end for t in topics for p, end in enumerate(t.end_offsets)}
         starts = {(t.name, p): start for t in topics for p, start in enumerate(t.start_offsets)}
         try:
-            listed = self._admin.list_consumer_groups(request_timeout=_TIMEOUT_S).result()
+            listed = self._admin.list_consumer_groups(request_timeout=TIMEOUT_S).result()
             out: list[GroupInfo] = []
             for listing in sorted(listed.valid, key=lambda g: g.group_id):
                 if listing.group_id.startswith("iot-console-"):
                     continue
                 info = GroupInfo(listing.group_id, str(getattr(listing.state, "name", listing.state)))
                 futures = self._admin.list_consumer_group_offsets(
-                    [ConsumerGroupTopicPartitions(listing.group_id)], request_timeout=_TIMEOUT_S
+                    [ConsumerGroupTopicPartitions(listing.group_id)], request_timeout=TIMEOUT_S
                 )
                 for future in futures.values():
                     for tp in future.result().topic_partitions or []:
@@ -137,13 +137,13 @@ class KafkaView:
         """The newest `per_partition` records of each partition of the dead-letter topic."""
         consumer = _consumer(self._kafka, "iot-console-dlq")
         try:
-            metadata = consumer.list_topics(topic, timeout=_TIMEOUT_S)
+            metadata = consumer.list_topics(topic, timeout=TIMEOUT_S)
             meta = metadata.topics.get(topic)
             if meta is None or meta.error is not None:
                 return []
             assignment, remaining = [], set()
             for p in meta.partitions:
-                low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=_TIMEOUT_S)
+                low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=TIMEOUT_S)
                 if high > low:
                     assignment.append(TopicPartition(topic, p, max(low, high - per_partition)))
                     remaining.add(p)
@@ -151,7 +151,7 @@ class KafkaView:
                 return []
             consumer.assign(assignment)
             letters: list[DeadLetter] = []
-            deadline = time.monotonic() + _TIMEOUT_S
+            deadline = time.monotonic() + TIMEOUT_S
             while remaining and time.monotonic() < deadline:
                 for message in consumer.consume(500, timeout=0.5):
                     error = message.error()
