@@ -13,6 +13,7 @@ import datetime as dt
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,52 +218,74 @@ def ensure_provisioned(
     return issued
 
 
-class TenantCache:
-    """Tenant by device id for the bridge's hot path: a dict, filled from the registry on a miss.
+class TenantMemo:
+    """What the registry last said of each device's tenant, for every reader of it (the bridge's
+    hot path, the query API): no I/O of its own, so a threaded or an asyncio caller asks the
+    registry its own way when `known` says it must.
 
-    A device's tenant never changes, so hits never expire. Misses are remembered for
-    `negative_ttl_s` so a flood from an unknown device does not become a flood of queries, yet a
-    device provisioned a moment ago is found soon.
+    A tenant is kept `hit_ttl_s` (None: for good, since a device's tenant never changes); an
+    unknown device only `miss_ttl_s`, so a flood from it does not become a flood of queries, yet
+    a device provisioned a moment ago is found soon. At most `max_entries` are kept: past that
+    the oldest answer goes first (bounded memory, whatever the ids a client sends).
     """
 
-    def __init__(self, lookup: Callable[[str], str | None], negative_ttl_s: float = 5.0) -> None:
-        self._lookup = lookup
-        self._negative_ttl_s = negative_ttl_s
-        self._tenants: dict[str, str] = {}
-        self._misses: dict[str, float] = {}
+    def __init__(
+        self, miss_ttl_s: float, hit_ttl_s: float | None = None, max_entries: int = 200_000
+    ) -> None:
+        self._miss_ttl_s = miss_ttl_s
+        self._hit_ttl_s = hit_ttl_s
+        self._max_entries = max_entries
+        # device -> (tenant or None for unknown, monotonic expiry or None for never)
+        self._answers: OrderedDict[str, tuple[str | None, float | None]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, device_id: str) -> str | None:
-        tenant = self._tenants.get(device_id)
-        if tenant is not None:
-            return tenant
-        missed_at = self._misses.get(device_id)
-        if missed_at is not None and time.monotonic() - missed_at < self._negative_ttl_s:
-            return None
-        tenant = self._lookup(device_id)
+    def known(self, device_id: str) -> tuple[bool, str | None]:
+        """(True, tenant or None) while an answer holds; (False, None) when only the registry can tell."""
+        answer = self._answers.get(device_id)
+        if answer is None:
+            return False, None
+        tenant, expires = answer
+        if expires is not None and time.monotonic() >= expires:
+            return False, None
+        return True, tenant
+
+    def remember(self, device_id: str, tenant: str | None) -> None:
+        ttl = self._hit_ttl_s if tenant is not None else self._miss_ttl_s
+        expires = None if ttl is None else time.monotonic() + ttl
         with self._lock:
-            if tenant is None:
-                self._misses[device_id] = time.monotonic()
-            else:
-                self._tenants[device_id] = tenant
-                self._misses.pop(device_id, None)
-        return tenant
+            self._answers.pop(device_id, None)
+            self._answers[device_id] = (tenant, expires)
+            while len(self._answers) > self._max_entries:
+                self._answers.popitem(last=False)
 
     def cached(self, device_id: str) -> str | None:
         """The tenant if known, without a lookup; None for a device not known yet (or not at all)."""
-        return self._tenants.get(device_id)
+        return self.known(device_id)[1]
+
+    def preload(self, devices: Sequence[Device]) -> None:
+        """Fill the memo at start-up (e.g. from DeviceRegistry.list()) to skip the first misses."""
+        for device in devices:
+            self.remember(device.device_id, device.tenant)
+
+    def __len__(self) -> int:
+        return sum(1 for tenant, _ in self._answers.values() if tenant is not None)
+
+
+class TenantCache(TenantMemo):
+    """A TenantMemo that asks the registry itself (a blocking lookup) on a miss: the bridge's."""
+
+    def __init__(self, lookup: Callable[[str], str | None], negative_ttl_s: float = 5.0) -> None:
+        super().__init__(miss_ttl_s=negative_ttl_s)
+        self._lookup = lookup
+
+    def get(self, device_id: str) -> str | None:
+        known, tenant = self.known(device_id)
+        if known:
+            return tenant
+        tenant = self._lookup(device_id)
+        self.remember(device_id, tenant)
+        return tenant
 
     def needs_lookup(self, device_id: str) -> bool:
         """Whether `get` would ask the registry (not known, no recent miss)."""
-        if device_id in self._tenants:
-            return False
-        missed_at = self._misses.get(device_id)
-        return missed_at is None or time.monotonic() - missed_at >= self._negative_ttl_s
-
-    def preload(self, devices: Sequence[Device]) -> None:
-        """Fill the cache at start-up (e.g. from DeviceRegistry.list()) to skip the first misses."""
-        with self._lock:
-            self._tenants.update((d.device_id, d.tenant) for d in devices)
-
-    def __len__(self) -> int:
-        return len(self._tenants)
+        return not self.known(device_id)[0]

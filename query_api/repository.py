@@ -9,7 +9,6 @@ strictly after it, so pages never overlap or skip whatever the limit.
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -120,9 +119,8 @@ class _WindowStatements:
 class AggregateRepository:
     def __init__(self, store: CassandraStore, hit_ttl_s: float, miss_ttl_s: float) -> None:
         self._store = store
-        self._hit_ttl_s = hit_ttl_s
-        self._miss_ttl_s = miss_ttl_s
-        self._tenants: dict[str, tuple[str | None, float]] = {}
+        # A device's tenant is re-read after hit_ttl_s: the API never holds an answer for long.
+        self._tenants = registry.TenantMemo(miss_ttl_s=miss_ttl_s, hit_ttl_s=hit_ttl_s, max_entries=100_000)
         self._windows = {w: _WindowStatements(*table) for w, table in _TABLES.items()}
         self._all_cql = {
             "all": "SELECT metric, count, sum, min, max, avg, toUnixTimestamp(first_ts),"
@@ -166,17 +164,14 @@ class AggregateRepository:
 
     async def tenant_of(self, device_id: str) -> str | None:
         """The device's tenant from the registry, or None for an unknown device (cached)."""
-        now = time.monotonic()
-        cached = self._tenants.get(device_id)
-        if cached is not None and cached[1] > now:
-            return cached[0]
+        known, tenant = self._tenants.known(device_id)
+        if known:
+            return tenant
         self._require_ready()
         assert self._tenant_stmt is not None
         rows = await self._store.execute(self._tenant_stmt, (device_id,))
         tenant = rows[0][0] if rows else None
-        if len(self._tenants) > 100_000:
-            self._tenants.clear()
-        self._tenants[device_id] = (tenant, now + (self._hit_ttl_s if tenant else self._miss_ttl_s))
+        self._tenants.remember(device_id, tenant)
         return tenant
 
     async def windows(
