@@ -1,10 +1,11 @@
 """The device -> tenant registry: the `devices` table in Cassandra, written when a device is
-provisioned (`iot certs issue`, the emulator) and read through `TenantCache` to find a
-device's tenant.
+provisioned (`iot certs issue`, the emulator) and read by the bridge (through `TenantCache`) and
+the query API (through its own asyncio lookups, remembered in a `TenantMemo`).
 
 `DeviceRegistry` creates its table (and a missing keyspace, single-node) idempotently when it is
-opened, so provisioning works before the first `iot migrate`. Callers hand in a connected
-`Session` (see `connect`); errors of the driver become `RegistryError`s.
+opened, so provisioning works before the first `iot migrate`. Callers hand in a session from
+`connect` (gateway.cassandra_session, the one session factory); the driver's errors become
+`RegistryError`s.
 """
 
 from __future__ import annotations
