@@ -21,6 +21,7 @@ import logging
 import os
 import signal
 import ssl
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +31,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from gateway import pki
+from gateway.service_main import NOISY, run_main
 from stack.config import StackSettings
 from stack.services.prometheus import EXPORTER_IDENTITY, ObservabilitySettings
 
@@ -244,20 +246,22 @@ async def run(settings: StackSettings, obs: ObservabilitySettings) -> None:
         thread.join(timeout=5)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m stack.exporter", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--issue-identity", action="store_true",
-                        help="create the exporter's MQTT certificate first if missing (containers)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("paho").setLevel(logging.WARNING)
+def main(argv: list[str] | None = None) -> int:
+    def arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--issue-identity", action="store_true",
+                            help="create the exporter's MQTT certificate first if missing (containers)")
+
+    return run_main("python -m stack.exporter", __doc__, _run, argv, arguments=arguments,
+                    quiet=(*NOISY, "paho"))
+
+
+def _run(args: argparse.Namespace) -> int:
     settings = StackSettings()
     if args.issue_identity:
         pki.service_identity(settings.pki_dir, EXPORTER_IDENTITY)
     asyncio.run(run(settings, ObservabilitySettings()))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
