@@ -14,7 +14,9 @@ LAG_BOUND_S = 20.0
 # The publishers kept their schedule: at least this share of the readings planned went out.
 PACE_KEPT = 0.98
 # Of the pacer's ticks, more than this share with some device's in-flight window full means
-# the path pushed back (PUBACKs come only once Kafka has the reading), not a slow publisher.
+# the broker held its PUBACKs back (Mosquitto saturated), not a publisher short of CPU. (A
+# bridge falling behind does not show here: Mosquitto queues for it and acknowledges devices;
+# it shows as freshness, lag and, if its queue overflows, readings lost.)
 BACKPRESSURE_TICKS = 0.05
 
 
@@ -125,7 +127,7 @@ def verdict(step: StepFigures) -> tuple[bool, str, list[str]]:
         limit = "pipeline" if pushed_back else "publishers"
         reasons.append(
             f"{step.sent:,} of {step.planned:,} readings sent: "
-            + ("the path held PUBACKs back (windows full)" if pushed_back
+            + ("the broker held PUBACKs back (windows full)" if pushed_back
                else "the publishers could not keep the pace (their own CPU)")
         )
     if step.acked < step.sent:
