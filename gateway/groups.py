@@ -65,6 +65,10 @@ class Group:
     devices: int
 
 
+# A statement and its parameters for one device.
+_PerDevice = tuple[str, Callable[[str], tuple[str, ...]]]
+
+
 class GroupRegistry:
     """create / add / remove / list over the three group tables; driver errors are RegistryErrors."""
 
@@ -127,33 +131,31 @@ class GroupRegistry:
             if device_tenant != owner:
                 # Another tenant's device is reported exactly like a missing one.
                 raise GroupError(f"no device {device_id!r} in tenant {owner!r}")
-        for device_id in device_ids:
-            self._call(
-                self._session.execute,
-                f"INSERT INTO {self._ks}.group_members (tenant, name, device_id) VALUES (%s, %s, %s)",
-                (owner, name, device_id),
-            )
-            self._call(
-                self._session.execute,
-                f"INSERT INTO {self._ks}.groups_of_device (device_id, tenant, name) VALUES (%s, %s, %s)",
-                (device_id, owner, name),
-            )
+        self._write_both(device_ids, (
+            f"INSERT INTO {self._ks}.group_members (tenant, name, device_id) VALUES (%s, %s, %s)",
+            lambda device_id: (owner, name, device_id),
+        ), (
+            f"INSERT INTO {self._ks}.groups_of_device (device_id, tenant, name) VALUES (%s, %s, %s)",
+            lambda device_id: (device_id, owner, name),
+        ))
         return owner
 
     def remove(self, name: str, device_ids: Sequence[str], tenant: str | None = None) -> str:
         owner = self._tenant_of_group(name, tenant)
-        for device_id in device_ids:
-            self._call(
-                self._session.execute,
-                f"DELETE FROM {self._ks}.group_members WHERE tenant = %s AND name = %s AND device_id = %s",
-                (owner, name, device_id),
-            )
-            self._call(
-                self._session.execute,
-                f"DELETE FROM {self._ks}.groups_of_device WHERE device_id = %s AND name = %s",
-                (device_id, name),
-            )
+        self._write_both(device_ids, (
+            f"DELETE FROM {self._ks}.group_members WHERE tenant = %s AND name = %s AND device_id = %s",
+            lambda device_id: (owner, name, device_id),
+        ), (
+            f"DELETE FROM {self._ks}.groups_of_device WHERE device_id = %s AND name = %s",
+            lambda device_id: (device_id, name),
+        ))
         return owner
+
+    def _write_both(self, device_ids: Sequence[str], *statements: _PerDevice) -> None:
+        """Each device's change in both tables: the members of a group, the groups of a device."""
+        for device_id in device_ids:
+            for cql, params in statements:
+                self._call(self._session.execute, cql, params(device_id))
 
     def members(self, tenant: str, name: str) -> list[str]:
         rows = self._call(
