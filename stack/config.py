@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from gateway import endpoints
+from gateway.settings import REPO_ROOT as REPO_ROOT  # the runner's paths start here too
+from gateway.settings import StackDirSettings
 from stack import java
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 Profile = Literal["default", "replicated"]
 # The replicated profile keeps all its state in this subdirectory of the stack dir; the stack dir
@@ -26,11 +26,12 @@ def _default_java21_home(data: dict[str, Any]) -> Path:
     return java.default_java21_home(cache_dir)
 
 
-class StackSettings(BaseSettings):
+class StackSettings(StackDirSettings):
+    """stack_dir (IOT_STACK_DIR, shared with every service: gateway.settings) holds this
+    profile's state: .stack for the default one, .stack/replicated for the other."""
+
     model_config = SettingsConfigDict(env_prefix="IOT_", extra="ignore")
 
-    # The state of this profile: .stack for the default one, .stack/replicated for the other.
-    stack_dir: Path = REPO_ROOT / ".stack"
     # Unset: the profile recorded by the last `iot up` under stack_dir (stack/profiles.py).
     profile: Profile | None = None
     # Downloaded artifacts are shared by every clone on the machine and survive `down --purge`.
@@ -121,10 +122,6 @@ class StackSettings(BaseSettings):
     @cached_property
     def log_dir(self) -> Path:
         return self.stack_dir / "logs"
-
-    @cached_property
-    def pki_dir(self) -> Path:
-        return self.stack_dir / "pki"
 
     def service_dir(self, name: str) -> Path:
         return self.stack_dir / name
