@@ -33,6 +33,7 @@ from typing import Any
 from bench.mosquitto_clients import pub_lines_argv, tls_args
 from gateway import pki
 from gateway.contract import telemetry_payload
+from gateway.service_main import configure_logging
 from harness.bridge import (
     BridgeProcess,
     create_topics,
@@ -493,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drain-only", action="store_true",
                         help="only the drain rates (mosquitto_sub, bridge, peer)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     logging.getLogger("cassandra").setLevel(logging.ERROR)
     figures = run(args.messages, args.devices, args.latency_seconds, drain_only=args.drain_only)
     sys.stdout.write(json.dumps(figures, indent=2) + "\n")
