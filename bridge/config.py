@@ -8,14 +8,18 @@ from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from gateway import contract, endpoints, pki, topics
-from gateway.settings import CassandraConnection, KafkaConfig, KafkaConnection, StackDirSettings
+from gateway.settings import (
+    CassandraConnection,
+    KafkaConfig,
+    KafkaConnection,
+    MqttConnection,
+    StackDirSettings,
+)
 
 
-class BridgeSettings(StackDirSettings, KafkaConnection, CassandraConnection):
+class BridgeSettings(StackDirSettings, MqttConnection, KafkaConnection, CassandraConnection):
     model_config = SettingsConfigDict(env_prefix="IOT_", extra="ignore")
 
-    mqtt_host: str = endpoints.HOST
-    mqtt_port: int = endpoints.MQTT_TLS_PORT
     # This instance's identity: its certificate's CN, which the broker also makes its MQTT client
     # id (the persistent session and its queue live under it). One per instance: svc-bridge-1,
     # svc-bridge-2, ... (gateway.pki.bridge_identity issues them).

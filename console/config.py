@@ -9,14 +9,14 @@ from pydantic import SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from gateway import endpoints
-from gateway.settings import CassandraConnection, KafkaConnection
+from gateway.settings import CassandraConnection, KafkaConnection, KeycloakConnection
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 # Browser libraries from npm (console/frontend/package-lock.json), installed by `make up`.
 DEFAULT_ASSETS_DIR = PACKAGE_DIR / "frontend" / "node_modules"
 
 
-class ConsoleSettings(KafkaConnection, CassandraConnection):
+class ConsoleSettings(KeycloakConnection, KafkaConnection, CassandraConnection):
     model_config = SettingsConfigDict(env_prefix="IOT_", extra="ignore")
 
     console_host: str = endpoints.HOST
@@ -29,8 +29,6 @@ class ConsoleSettings(KafkaConnection, CassandraConnection):
     # A confidential client's secret; the realm's iot-console is public and relies on PKCE.
     console_client_secret: SecretStr | None = None
 
-    keycloak_url: str = endpoints.KEYCLOAK_URL
-    keycloak_realm: str = endpoints.KEYCLOAK_REALM
     # Where browsers reach Keycloak, when not under keycloak_url (a container network).
     keycloak_public_url: str | None = None
 
@@ -68,10 +66,6 @@ class ConsoleSettings(KafkaConnection, CassandraConnection):
     @property
     def redirect_uri(self) -> str:
         return f"{self.public_url}/auth/callback"
-
-    @property
-    def realm_url(self) -> str:
-        return f"{self.keycloak_url.rstrip('/')}/realms/{self.keycloak_realm}"
 
     @property
     def public_realm_url(self) -> str:

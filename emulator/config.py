@@ -4,17 +4,14 @@ from __future__ import annotations
 
 from pydantic_settings import SettingsConfigDict
 
-from gateway import endpoints
-from gateway.settings import CassandraConnection, StackDirSettings
+from gateway.settings import CassandraConnection, MqttConnection, StackDirSettings
 
 
-class EmulatorSettings(StackDirSettings, CassandraConnection):
+class EmulatorSettings(StackDirSettings, MqttConnection, CassandraConnection):
     """Certificates under IOT_STACK_DIR, the registry in Cassandra (gateway.settings), and the fleet."""
 
     model_config = SettingsConfigDict(env_prefix="IOT_", extra="ignore")
 
-    mqtt_host: str = endpoints.HOST
-    mqtt_port: int = endpoints.MQTT_TLS_PORT
     # Same names as StackSettings, so IOT_EMULATOR_DEVICES means one thing everywhere.
     emulator_devices: int = 50
     emulator_rate: float = 1.0

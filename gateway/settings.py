@@ -111,3 +111,25 @@ class CassandraConnection(BaseSettings):
     @property
     def cassandra_contact_points(self) -> list[str]:
         return [host.strip() for host in self.cassandra_hosts.split(",") if host.strip()]
+
+
+class MqttConnection(BaseSettings):
+    """Where a client reaches Mosquitto's TLS listener (devices, the bridge)."""
+
+    model_config = _SHARED
+
+    mqtt_host: str = Field(default=endpoints.HOST, validation_alias="IOT_MQTT_HOST")
+    mqtt_port: int = Field(default=endpoints.MQTT_TLS_PORT, validation_alias="IOT_MQTT_PORT")
+
+
+class KeycloakConnection(BaseSettings):
+    """Where a service reaches Keycloak and the realm whose tokens it takes."""
+
+    model_config = _SHARED
+
+    keycloak_url: str = Field(default=endpoints.KEYCLOAK_URL, validation_alias="IOT_KEYCLOAK_URL")
+    keycloak_realm: str = Field(default=endpoints.KEYCLOAK_REALM, validation_alias="IOT_KEYCLOAK_REALM")
+
+    @property
+    def realm_url(self) -> str:
+        return f"{self.keycloak_url.rstrip('/')}/realms/{self.keycloak_realm}"

@@ -8,18 +8,16 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from gateway import endpoints
-from gateway.settings import CassandraConnection
+from gateway.settings import CassandraConnection, KeycloakConnection
 
 
-class QueryApiSettings(CassandraConnection):
+class QueryApiSettings(KeycloakConnection, CassandraConnection):
     model_config = SettingsConfigDict(env_prefix="IOT_", extra="ignore")
 
     # Shares IOT_QUERY_API_PORT / IOT_CASSANDRA_PORT with the stack runner's settings on purpose.
     query_api_host: str = endpoints.HOST
     query_api_port: int = endpoints.QUERY_API_PORT
 
-    keycloak_url: str = endpoints.KEYCLOAK_URL
-    keycloak_realm: str = endpoints.KEYCLOAK_REALM
     keycloak_client_id: str = endpoints.KEYCLOAK_CLIENT_ID
     # Clients whose access tokens (`azp`) this API accepts, comma-separated, besides carrying
     # keycloak_client_id in `aud`: its own and the web console's (both have that audience
@@ -60,7 +58,7 @@ class QueryApiSettings(CassandraConnection):
 
     @property
     def issuer(self) -> str:
-        return self.keycloak_issuer or f"{self.keycloak_url.rstrip('/')}/realms/{self.keycloak_realm}"
+        return self.keycloak_issuer or self.realm_url
 
     @property
     def accepted_clients(self) -> frozenset[str]:
