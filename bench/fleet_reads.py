@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -44,6 +45,10 @@ CQL = (
     " AND window_start < ? LIMIT ?"
 )
 RAW_CONCURRENCY = (32, 128)
+# A group of every fleet device, its windows stored as the stream computes them (members' sums).
+GROUP = "fleet-all"
+GROUP_TENANT = "tenant-a"
+GROUP_READS = 300
 DRIVER_PACKAGES = ("scylla-driver", "acsylla")
 
 
@@ -232,13 +237,40 @@ def _driver_python(name: str, stack_dir: Path) -> tuple[Path | None, str | None]
     return python, None
 
 
+def cassandra_pid() -> int | None:
+    """The local Cassandra's process, whose CPU per read is the other half of the machine."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if b"org.apache.cassandra.service.CassandraDaemon" in (entry / "cmdline").read_bytes():
+                    return int(entry.name)
+            except OSError:
+                continue
+    return None
+
+
+def _cpu_s(pid: int | None) -> float:
+    from bench.query_api import _process_cpu_s
+
+    return _process_cpu_s(pid) if pid is not None else 0.0
+
+
+def _children_cpu_s() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _raw_driver(name: str, stack_dir: Path, port: int, base_ms: int, requests: int) -> dict[str, Any]:
     python, problem = _driver_python(name, stack_dir)
     if python is None:
         return {"error": problem}
     kind = "acsylla" if name == "acsylla" else "python"
     runs: dict[str, Any] = {}
+    cassandra = cassandra_pid()
     for concurrency in RAW_CONCURRENCY:
+        cpu_before, client_before = _cpu_s(cassandra), _children_cpu_s()
         done = subprocess.run(
             [
                 str(python),
@@ -264,7 +296,13 @@ def _raw_driver(name: str, stack_dir: Path, port: int, base_ms: int, requests: i
         if done.returncode != 0:
             runs[f"in_flight_{concurrency}"] = {"error": done.stderr[-500:]}
             continue
-        runs[f"in_flight_{concurrency}"] = json.loads(done.stdout.strip().splitlines()[-1])
+        run = json.loads(done.stdout.strip().splitlines()[-1])
+        # CPU per read over the warm-up and the measured reads (one process does both).
+        reads = requests + min(2_000, requests)
+        run["client_cpu_ms_per_read"] = round((_children_cpu_s() - client_before) * 1000 / reads, 3)
+        if cassandra is not None:
+            run["cassandra_cpu_ms_per_read"] = round((_cpu_s(cassandra) - cpu_before) * 1000 / reads, 3)
+        runs[f"in_flight_{concurrency}"] = run
     rates = [r["rps"] for r in runs.values() if "rps" in r and r.get("rows_per_read") == 60 * len(METRICS)]
     runs["best_rps"] = max(rates) if rates else None
     return runs
@@ -285,8 +323,11 @@ def _seed(session: Any, now_ms: int) -> dict[str, Any]:
         bucket = time.strftime("%Y-%m", time.gmtime(at / 1000))
         return int(session.execute(probe, (device, bucket, at)).one()[0]) == len(METRICS)
 
+    from gateway.groups import aggregate_key
+
     last = f"{PREFIX}{DEVICES - 1:04d}"
-    if all(present(d, t) for d in (f"{PREFIX}0000", last) for t in (minute - 2 * HOUR_MS, minute)):
+    keys = (f"{PREFIX}0000", last, aggregate_key(GROUP_TENANT, GROUP))
+    if all(present(d, t) for d in keys for t in (minute - 2 * HOUR_MS, minute)):
         return {"seeded": False, "note": "rows of an earlier run (within 2 h) reused"}
     started = time.perf_counter()
     for index in range(DEVICES):
@@ -334,6 +375,7 @@ def _seed(session: Any, now_ms: int) -> dict[str, Any]:
         batches += 1
     for future in in_flight:
         future.result()
+    _seed_group(session, insert, starts)
     seconds = time.perf_counter() - started
     rows = DEVICES * len(starts) * len(METRICS)
     return {
@@ -343,6 +385,63 @@ def _seed(session: Any, now_ms: int) -> dict[str, Any]:
         "seconds": round(seconds, 1),
         "rows_per_s": round(rows / seconds),
     }
+
+
+def _seed_group(session: Any, insert: Any, starts: range) -> None:
+    """The group of all fleet devices and its windows: what the stream stores for it, each
+    window's count, sum, min and max over the members' readings."""
+    from gateway.groups import GroupError, GroupRegistry, aggregate_key
+    from gateway.registry import DeviceRegistry
+
+    groups = GroupRegistry(session, DeviceRegistry(session))
+    with contextlib.suppress(GroupError):  # an earlier run's
+        groups.create(GROUP_TENANT, GROUP)
+    groups.add(GROUP, [f"{PREFIX}{index:04d}" for index in range(DEVICES)], GROUP_TENANT)
+    key = aggregate_key(GROUP_TENANT, GROUP)
+    futures = []
+    for start in starts:
+        bucket = time.strftime("%Y-%m", time.gmtime(start / 1000))
+        for offset, metric in enumerate(METRICS):
+            values = [float(index % 50 + offset) for index in range(DEVICES)]
+            count, total = 30 * DEVICES, 30 * sum(values)
+            row = (key, bucket, start, metric, start + MINUTE_MS, count, total)
+            futures.append(
+                session.execute_async(insert, (*row, min(values) - 1, max(values) + 1, total / count))
+            )
+        if len(futures) >= 256:
+            for future in futures:
+                future.result()
+            futures.clear()
+    for future in futures:
+        future.result()
+
+
+async def _group_reads(host: str, port: int, token: str, base_ms: int) -> dict[str, Any]:
+    """The group's last hour of 1m windows, read one after another, every URL new (the hour
+    ends a minute earlier each time): the latency one dashboard of the group sees."""
+    from bench.query_api import _exchange, _figures
+
+    reader, writer = await asyncio.open_connection(host, port)
+    latencies: list[float] = []
+    errors: list[str] = []
+    try:
+        for index in range(GROUP_READS):
+            end = base_ms - (index % SHIFTS) * MINUTE_MS
+            query = f"from={end - HOUR_MS}&to={end}&limit={10_000 - index // SHIFTS}"
+            request = (
+                f"GET /groups/{GROUP}/1m?{query} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                f"Authorization: Bearer {token}\r\n\r\n"
+            ).encode()
+            sent = time.perf_counter()
+            await _exchange(reader, writer, request, errors)
+            latencies.append(time.perf_counter() - sent)
+    finally:
+        writer.close()
+    if errors:
+        raise RuntimeError(f"{len(errors)} non-200 answers, first: {errors[0]}")
+    figures = _figures(latencies, sum(latencies))
+    figures["members"] = DEVICES
+    return figures
 
 
 async def _distinct_load(
@@ -469,6 +568,8 @@ def run(
     settings = StackSettings()
     figures: dict[str, Any] = {
         "benchmark": "fleet_reads",
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "api_reactor": QueryApiSettings().cassandra_reactor,
         "devices": DEVICES,
         "read": "/query/{id}/1m over one hour: 60 windows x 3 metrics",
     }
@@ -493,11 +594,16 @@ def run(
             port = int(port_text)
             # Warm-up on reads the measured runs do not repeat (the last shifts).
             asyncio.run(_distinct_load(host, port, token, base_ms, 59 * DEVICES, 1_000, concurrency))
-            cpu = _process_cpu_s(api.pid)
+            cassandra = cassandra_pid()
+            cpu, cassandra_cpu = _process_cpu_s(api.pid), _cpu_s(cassandra)
             uncached = asyncio.run(_distinct_load(host, port, token, base_ms, 0, requests, concurrency))
             uncached["server_cpu_ms_per_request"] = round(
                 (_process_cpu_s(api.pid) - cpu) * 1000 / requests, 3
             )
+            if cassandra is not None:
+                uncached["cassandra_cpu_ms_per_request"] = round(
+                    (_cpu_s(cassandra) - cassandra_cpu) * 1000 / requests, 3
+                )
             # More connections keep more reads in flight to Cassandra, as the raw drivers do.
             wide = asyncio.run(
                 _distinct_load(host, port, token, base_ms, 30 * DEVICES, 10_000, 4 * concurrency)
@@ -525,6 +631,7 @@ def run(
                     rate=paced_rps,
                 )
             )
+            figures["group_of_1000_last_hour"] = asyncio.run(_group_reads(host, port, token, base_ms))
             device = f"{PREFIX}0000"
             cached = asyncio.run(_http_load(host, port, f"/query/{device}/1m", token, requests, concurrency))
             # Profiled apart from the measured runs (the sampler costs the API CPU too), on
@@ -539,6 +646,15 @@ def run(
                     figures["profile_uncached"]["py_spy_said"] = err.decode()[-300:]
             else:
                 figures["profile_uncached"] = spy
+        # The same uncached load with the driver's own reactor thread (the API's former setting).
+        with running_api(log_dir / "query-api-libev.log", {"IOT_CASSANDRA_REACTOR": "libev"}) as api:
+            host, port_text = api.base.removeprefix("http://").split(":")
+            port = int(port_text)
+            asyncio.run(_distinct_load(host, port, token, base_ms, 59 * DEVICES, 1_000, concurrency))
+            cpu = _process_cpu_s(api.pid)
+            libev = asyncio.run(_distinct_load(host, port, token, base_ms, 50 * DEVICES, 8_000, concurrency))
+            libev["server_cpu_ms_per_request"] = round((_process_cpu_s(api.pid) - cpu) * 1000 / 8_000, 3)
+        figures["api_one_worker_uncached_libev_reactor"] = libev
         figures["api_one_worker_uncached"] = uncached
         figures["api_one_worker_uncached_paced"] = paced
         figures["api_one_worker_cached_same_url"] = cached
@@ -548,7 +664,9 @@ def run(
             "uncached_rps>=1000": top >= 1_000,
             "uncached>=80%_of_raw": bool(best) and top >= 0.8 * best,
             f"p99<50ms_at_{paced_rps:g}_paced": paced["p99_ms"] < 50,
+            "group_of_1000_p99<50ms": figures["group_of_1000_last_hour"]["p99_ms"] < 50,
         }
+        figures["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     return figures
 
 
