@@ -343,8 +343,9 @@ class CassandraService(Service):
             # Cassandra 5.0 speaks v5; saying so skips the driver's noisy downgrade dance.
             protocol_version=ProtocolVersion.V5,
             execution_profiles={EXEC_PROFILE_DEFAULT: profile},
-            connect_timeout=2.0,
-            control_connection_timeout=2.0,
+            # Three nodes on two cores answer slower than one: more time for the replicated ones.
+            connect_timeout=2.0 if self.node is None else 5.0,
+            control_connection_timeout=2.0 if self.node is None else 5.0,
             auth_provider=PlainTextAuthProvider(*credentials) if credentials else None,
         )
 
@@ -413,15 +414,20 @@ class CassandraService(Service):
         """First start of a replicated cluster: our superuser replaces the built-in one, whose
         well-known password is changed and whose login is disabled; the auth keyspace gets one
         replica per node, so a login survives a node's loss."""
-        try:
-            with _quiet_driver():
-                self._session()[0].shutdown()
-            return  # done on an earlier start
-        except Exception as exc:
-            if not _is_auth_failure(exc):
-                raise StackError(f"cassandra: connecting as {topology.CASSANDRA_ADMIN_ROLE}: {exc}") from exc
-        default = (topology.CASSANDRA_DEFAULT_ROLE, topology.CASSANDRA_DEFAULT_PASSWORD)
         deadline = time.monotonic() + _DEFAULT_ROLE_WAIT_S
+        while True:  # a node that just became ready may still be too busy to answer in time
+            try:
+                with _quiet_driver():
+                    self._session()[0].shutdown()
+                return  # done on an earlier start
+            except Exception as exc:
+                if _is_auth_failure(exc):
+                    break
+                if time.monotonic() > deadline:
+                    raise StackError(
+                        f"cassandra: connecting as {topology.CASSANDRA_ADMIN_ROLE}: {exc}") from exc
+                time.sleep(1.0)
+        default = (topology.CASSANDRA_DEFAULT_ROLE, topology.CASSANDRA_DEFAULT_PASSWORD)
         while True:  # the built-in role is created by the nodes a few seconds after they start
             try:
                 with _quiet_driver():
