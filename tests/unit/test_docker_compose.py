@@ -269,7 +269,7 @@ def test_python_services_run_the_native_entry_points(services: dict[str, Any]) -
         assert command[:3] == ["python", "-m", module], name
         assert importlib.util.find_spec(f"{module}.__main__") is not None, module
     emulator = services["emulator"]["command"]
-    settings = StackSettings()
+    settings = StackSettings(profile="default")
     args = dict(zip(emulator[3::2], emulator[4::2], strict=True))
     assert float(args["--rate"]) == settings.emulator_rate
     assert int(args["--devices"]) == settings.emulator_devices
@@ -314,7 +314,7 @@ def test_kafka_listens_for_the_network_and_the_host(services: dict[str, Any]) ->
 
 
 def test_heaps_match_the_native_stack(services: dict[str, Any]) -> None:
-    settings = StackSettings()
+    settings = StackSettings(profile="default")
     assert f"-Xmx{settings.kafka_heap}" in _env(services["kafka"])["KAFKA_HEAP_OPTS"]
     cassandra = _env(services["cassandra"])["MAX_HEAP_SIZE"]
     assert cassandra.lower() == settings.cassandra_heap.lower()
@@ -333,7 +333,7 @@ def _flink_properties(services: dict[str, Any], name: str) -> dict[str, str]:
 def test_flink_configuration_mirrors_the_native_cluster(services: dict[str, Any]) -> None:
     from stack.services.flink import cluster_config
 
-    native = cluster_config(StackSettings())
+    native = cluster_config(StackSettings(profile="default"))
     props = _flink_properties(services, "jobmanager")
     assert props == _flink_properties(services, "taskmanager")
     # Addresses and paths differ by construction; everything else is the native value.
@@ -558,7 +558,7 @@ def test_prometheus_scrapes_what_the_native_one_scrapes(services: dict[str, Any]
     assert Path(mounts["/etc/prometheus/alerts.yml"]) == prometheus.RULES_FILE
     assert config["rule_files"] == ["/etc/prometheus/alerts.yml"]
     obs = prometheus.ObservabilitySettings()
-    native = prometheus.scrape_targets(StackSettings(), obs)
+    native = prometheus.scrape_targets(StackSettings(profile="default"), obs)
     jobs = {c["job_name"]: c["static_configs"][0]["targets"][0] for c in config["scrape_configs"]}
     # The web console is not part of the compose stack.
     assert set(jobs) == set(native) - {"console"}
