@@ -26,6 +26,8 @@ from query_api.loop_connection import LoopConnection
 log = logging.getLogger(__name__)
 
 Row = tuple[Any, ...]
+# A connection has 32,768 stream ids (protocol v4); the pool keeps one connection per host.
+_MAX_IN_FLIGHT = 4_096
 
 
 def open_cluster(settings: QueryApiSettings) -> Cluster:
@@ -46,6 +48,9 @@ class CassandraStore:
         self._cluster = open_cluster(settings)
         self._session: Session | None = None
         self.last_error: str | None = "not connected yet"
+        # Reads in flight at once: beyond this they wait here, not in the driver (which, out of
+        # stream ids, would block the loop its answers arrive on).
+        self._in_flight = asyncio.Semaphore(_MAX_IN_FLIGHT)
 
     @property
     def connected(self) -> bool:
@@ -80,6 +85,12 @@ class CassandraStore:
         self, statement: PreparedStatement | SimpleStatement, params: Sequence[object]
     ) -> list[Row]:
         """Run one statement and return all its rows (callers bound them with a CQL LIMIT)."""
+        async with self._in_flight:
+            return await self._execute(statement, params)
+
+    async def _execute(
+        self, statement: PreparedStatement | SimpleStatement, params: Sequence[object]
+    ) -> list[Row]:
         session = self._require()
         bound: Statement = statement.bind(params) if isinstance(statement, PreparedStatement) else statement
         # Paging off: the LIMIT keeps results small, and one round trip is what we want.
