@@ -9,7 +9,7 @@ IOT := $(VENV)/bin/iot
 PYTEST := $(VENV)/bin/pytest
 STAMP := $(VENV)/.installed
 
-.PHONY: python up up-replicated down status test test-unit test-integration test-e2e bench lint venv clean
+.PHONY: python up up-replicated down status test test-unit test-integration test-e2e test-replicated bench lint venv clean
 
 venv: $(STAMP)
 
@@ -73,6 +73,13 @@ test-integration: $(STAMP)
 
 test-e2e: $(STAMP)
 	$(PYTEST) tests/e2e -q
+
+# The replicated profile's tests (docs/replicated.md): they stop the default profile, start the
+# replicated one, kill one node at a time, and start the default profile again. REPLICATED_SELECT
+# narrows them (pytest -k), as CI does.
+REPLICATED_SELECT ?=
+test-replicated: $(STAMP)
+	@$(call timed,replicated tier,$(PYTEST) tests/replicated -q -m replicated $(REPLICATED_SELECT))
 
 bench: $(STAMP)
 	$(VENV)/bin/python -m bench
