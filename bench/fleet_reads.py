@@ -312,7 +312,7 @@ def _seed(session: Any, now_ms: int) -> dict[str, Any]:
     """Register the fleet and write its day of rows, unless a recent run left them in place."""
     from cassandra.query import BatchStatement, BatchType
 
-    from tests.integration.query_api_support import register
+    from harness.query_api import register
 
     minute = now_ms - now_ms % MINUTE_MS
     probe = session.prepare(
@@ -558,12 +558,12 @@ def run(
 
     from bench.query_api import _http_load, _process_cpu_s
     from gateway import endpoints
+    from harness.query_api import password_token, running_api
+    from harness.services import ensure_services
     from query_api.config import QueryApiSettings
     from stack.config import StackSettings
     from storage.config import StorageSettings
     from storage.migrate import migrate
-    from tests.conftest import ensure_services
-    from tests.integration.query_api_support import password_token, running_api
 
     settings = StackSettings()
     figures: dict[str, Any] = {

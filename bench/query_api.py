@@ -26,16 +26,16 @@ from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 from cassandra.query import tuple_factory
 
 from gateway import endpoints
-from query_api.config import QueryApiSettings
-from storage.config import StorageSettings
-from storage.migrate import migrate
-from tests.conftest import ensure_services
-from tests.integration.query_api_support import (
+from harness.query_api import (
     insert_windows,
     password_token,
     register,
     running_api,
 )
+from harness.services import ensure_services
+from query_api.config import QueryApiSettings
+from storage.config import StorageSettings
+from storage.migrate import migrate
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-# ensure_services is also imported from here by benchmarks not yet moved to harness.services.
-from harness.services import ensure_services as ensure_services
-from harness.services import stop_started
+from harness.services import ensure_services, stop_started
 from stack.config import StackSettings
 
 

@@ -19,8 +19,6 @@ ALLOWED: dict[str, set[str]] = {
     "bench": {"gateway", *SERVICES, "stack", "harness"},
     "tests": {"gateway", *SERVICES, "stack", "harness", "bench"},
 }
-# Still importing the re-export tests/integration/query_api_support.py of harness.query_api.
-NOT_YET_MOVED = {Path("bench/fleet_reads.py"), Path("bench/query_api.py")}
 
 
 def _imported(path: Path) -> set[str]:
@@ -38,7 +36,7 @@ def test_every_package_imports_only_the_layers_below_it() -> None:
     for package, allowed in ALLOWED.items():
         for path in sorted((REPO_ROOT / package).rglob("*.py")):
             relative = path.relative_to(REPO_ROOT)
-            if "node_modules" in relative.parts or relative in NOT_YET_MOVED:
+            if "node_modules" in relative.parts:
                 continue
             for imported in sorted(_imported(path) - allowed - {package}):
                 wrong.append(f"{relative} imports {imported}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import jwt
 import pytest
@@ -13,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from query_api.config import QueryApiSettings
 from query_api.main import create_app
-from query_api.params import Cursor, TimeRange, Window
+from query_api.params import UTC_ZONE, Cursor, TimeRange, Window
 from query_api.repository import Page
 from query_api.routes.devices import DeviceRow, decode_cursor, encode_cursor
 
@@ -55,6 +56,7 @@ class NoAggregates:
         metric: str | None,
         limit: int,
         cursor: Cursor | None,
+        zone: ZoneInfo = UTC_ZONE,
     ) -> Page:
         return Page([], None)
 
