@@ -22,7 +22,8 @@ def consumer_lag(bootstrap: str | dict[str, Any], group: str, topic: str) -> int
     from confluent_kafka import Consumer, KafkaException, TopicPartition
 
     client = {"bootstrap.servers": bootstrap} if isinstance(bootstrap, str) else bootstrap
-    consumer = Consumer({**client, "group.id": group,
+    # log_level 0: a broker that is down shows in the status rows, not as librdkafka's stderr lines.
+    consumer = Consumer({**client, "group.id": group, "log_level": 0,
                          "enable.auto.commit": False, "socket.timeout.ms": 3000})
     try:
         metadata = consumer.list_topics(topic, timeout=3)
