@@ -7,6 +7,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -24,6 +25,8 @@ from gateway import pki
 from stack.config import REPO_ROOT, StackSettings
 from stack.service import NotReady
 from stack.services.mosquitto import MosquittoService, open_telemetry_gate
+
+log = logging.getLogger(__name__)
 
 
 def _line(stream: IO[bytes], timeout_s: float, what: str) -> dict[str, Any]:
@@ -144,7 +147,13 @@ class LiveSubscriber:
                  tb: TracebackType | None) -> None:
         if self._proc is not None:
             self._proc.terminate()
-            self._proc.wait(10)
+            try:
+                self._proc.wait(10)
+            except subprocess.TimeoutExpired:
+                # A subscriber blocked writing to a full pipe does not act on SIGTERM.
+                log.warning("mosquitto_sub did not stop on SIGTERM within 10 s; killed")
+                self._proc.kill()
+                self._proc.wait(10)
         if self._reader is not None:
             self._reader.join(10)
 
