@@ -83,7 +83,8 @@ def _locked(pki_dir: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def write_private(path: Path, data: bytes) -> None:
+    """Write a file only its owner can read, never visible half-written or world-readable."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -161,7 +162,7 @@ def _create_ca(pki_dir: Path) -> None:
         .sign(key, hashes.SHA256())
     )
     crt, key_path, _ = ca_paths(pki_dir)
-    _write_private(key_path, _key_pem(key))
+    write_private(key_path, _key_pem(key))
     _write_public(crt, _cert_pem(cert))
 
 
@@ -225,7 +226,7 @@ def _issue(
             critical=False,
         )
     cert = builder.sign(ca_key, hashes.SHA256())
-    _write_private(key_path, _key_pem(key))
+    write_private(key_path, _key_pem(key))
     _write_public(cert_path, _cert_pem(cert))
 
 

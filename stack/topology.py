@@ -10,12 +10,11 @@ its settings (IOT_ environment variables): the same code, configured differently
 
 from __future__ import annotations
 
-import os
 import secrets
 from pathlib import Path
 from typing import Any
 
-from gateway import endpoints
+from gateway import endpoints, pki
 from stack.config import StackSettings
 
 KAFKA_SASL_MECHANISM = "SCRAM-SHA-512"
@@ -79,12 +78,8 @@ def secret(settings: StackSettings, name: str) -> str:
 
 
 def write_private(path: Path, text: str) -> None:
-    """Write a file only its owner can read, never visible half-written or world-readable."""
-    partial = path.with_name(path.name + ".tmp")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(partial, path)
+    """A text file only its owner can read (secrets, configuration holding them)."""
+    pki.write_private(path, text.encode())
 
 
 def kafka_password(settings: StackSettings, user: str) -> str:
