@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from cassandra import AuthenticationFailed, ProtocolVersion
+from cassandra import AuthenticationFailed, OperationTimedOut, ProtocolVersion, Timeout, Unavailable
 from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, Session
 from cassandra.policies import RoundRobinPolicy, WhiteListRoundRobinPolicy
@@ -43,6 +43,13 @@ log = logging.getLogger(__name__)
 CLUSTER_NAME = "iot"
 # How long the first start of a replicated cluster may take to create its built-in superuser.
 _DEFAULT_ROLE_WAIT_S = 120.0
+# How long one schema or role statement may keep failing while the nodes are still busy starting
+# (three nodes and three brokers starting at once on a small machine: a node can stall for tens
+# of seconds, its connection declared defunct by the driver's heartbeat). Each statement is
+# idempotent, so it is simply stated again.
+_SCHEMA_PATIENCE_S = 180.0
+_SCHEMA_REQUEST_TIMEOUT_S = 60.0
+_BUSY = (OperationTimedOut, NoHostAvailable, Timeout, Unavailable)
 
 # From Cassandra 5.0's conf/jvm17-server.options ("JPMS"): the daemon reaches into JDK internals.
 _JPMS = [
@@ -151,6 +158,26 @@ def _is_auth_failure(exc: Exception) -> bool:
         return True
     errors = getattr(exc, "errors", {}) if isinstance(exc, NoHostAvailable) else {}
     return bool(errors) and all(isinstance(e, AuthenticationFailed) for e in errors.values())
+
+
+def _execute_patiently(session: Session, cql: str, params: tuple[object, ...] | None = None) -> None:
+    """One idempotent schema or role statement, stated again while the cluster is too busy to
+    answer, for up to _SCHEMA_PATIENCE_S."""
+    deadline = time.monotonic() + _SCHEMA_PATIENCE_S
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            session.execute(cql, params, timeout=_SCHEMA_REQUEST_TIMEOUT_S)
+            return
+        except _BUSY as exc:
+            if time.monotonic() > deadline:
+                raise StackError(
+                    f"cassandra: {cql.split(' WITH ')[0]} still failing after "
+                    f"{_SCHEMA_PATIENCE_S:.0f}s ({attempt} attempts): {exc}") from exc
+            log.warning("cassandra: %s failed (attempt %d), stating it again: %s",
+                        cql.split(" WITH ")[0], attempt, exc)
+            time.sleep(min(2.0 * attempt, 10.0))
 
 
 class CassandraService(Service):
@@ -401,7 +428,7 @@ class CassandraService(Service):
             self._secure_cluster()
         cluster, session = self._session()
         try:
-            session.execute(cql)
+            _execute_patiently(session, cql)
             if self.node is not None:
                 self._app_role(session, keyspace)
         except Exception as exc:
@@ -440,11 +467,13 @@ class CassandraService(Service):
         admin_role, admin_password = self._admin_credentials() or ("", "")
         factor = len(self.nodes)
         try:
-            session.execute(
+            _execute_patiently(
+                session,
                 "ALTER KEYSPACE system_auth WITH replication = "
                 f"{{'class': 'SimpleStrategy', 'replication_factor': {factor}}}"
             )
-            session.execute(
+            _execute_patiently(
+                session,
                 f"CREATE ROLE IF NOT EXISTS {admin_role} WITH SUPERUSER = true AND LOGIN = true "
                 "AND PASSWORD = %s", (admin_password,)
             )
@@ -453,7 +482,8 @@ class CassandraService(Service):
         cluster, session = self._session()
         try:
             retired = topology.cassandra_password(self.settings, topology.CASSANDRA_DEFAULT_ROLE)
-            session.execute(
+            _execute_patiently(
+                session,
                 f"ALTER ROLE {topology.CASSANDRA_DEFAULT_ROLE} WITH PASSWORD = %s "
                 "AND SUPERUSER = false AND LOGIN = false", (retired,)
             )
@@ -464,13 +494,14 @@ class CassandraService(Service):
     def _app_role(self, session: Session, keyspace: str) -> None:
         role = topology.CASSANDRA_APP_ROLE
         password = topology.cassandra_password(self.settings, role)
-        session.execute(
-            f"CREATE ROLE IF NOT EXISTS {role} WITH LOGIN = true AND PASSWORD = %s", (password,)
+        _execute_patiently(
+            session, f"CREATE ROLE IF NOT EXISTS {role} WITH LOGIN = true AND PASSWORD = %s",
+            (password,)
         )
-        session.execute(f"GRANT ALL PERMISSIONS ON KEYSPACE {keyspace} TO {role}")
+        _execute_patiently(session, f"GRANT ALL PERMISSIONS ON KEYSPACE {keyspace} TO {role}")
         # The writer's migration states CREATE KEYSPACE IF NOT EXISTS, which Cassandra checks
         # against this permission even when the keyspace exists; it reads no other keyspace.
-        session.execute(f"GRANT CREATE ON ALL KEYSPACES TO {role}")
+        _execute_patiently(session, f"GRANT CREATE ON ALL KEYSPACES TO {role}")
 
     def describe(self) -> str:
         cluster, session = self._session()

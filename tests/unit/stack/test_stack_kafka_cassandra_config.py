@@ -71,3 +71,45 @@ def test_a_cluster_id_never_starts_with_a_dash(monkeypatch: pytest.MonkeyPatch) 
     ids = iter([uuid.UUID(bytes=b"\xf8" + bytes(15)), uuid.UUID(bytes=b"\x01" + bytes(15))])
     monkeypatch.setattr(uuid, "uuid4", lambda: next(ids))
     assert new_cluster_id() == "AQAAAAAAAAAAAAAAAAAAAA"
+
+
+class _BusySession:
+    """Times out `busy` times, then answers; records what it was asked."""
+
+    def __init__(self, busy: int) -> None:
+        self.busy = busy
+        self.calls: list[tuple[str, object, float]] = []
+
+    def execute(self, cql: str, params: object = None, timeout: float = 0.0) -> None:
+        from cassandra import OperationTimedOut
+
+        self.calls.append((cql, params, timeout))
+        if len(self.calls) <= self.busy:
+            raise OperationTimedOut({"127.0.0.1:9042": "Connection defunct by heartbeat"})
+
+
+def test_a_schema_statement_is_stated_again_while_the_cluster_is_busy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from stack.services import cassandra
+
+    monkeypatch.setattr("stack.services.cassandra.time.sleep", lambda _s: None)
+    session = _BusySession(busy=2)
+    cassandra._execute_patiently(session, "CREATE ROLE r WITH PASSWORD = %s", ("secret",))
+    assert len(session.calls) == 3
+    assert all(call == session.calls[0] for call in session.calls)
+    assert session.calls[0][2] == cassandra._SCHEMA_REQUEST_TIMEOUT_S
+
+
+def test_a_schema_statement_gives_up_after_its_patience_without_naming_the_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from stack.errors import StackError
+    from stack.services import cassandra
+
+    monkeypatch.setattr("stack.services.cassandra.time.sleep", lambda _s: None)
+    monkeypatch.setattr(cassandra, "_SCHEMA_PATIENCE_S", -1.0)
+    with pytest.raises(StackError, match="CREATE ROLE r still failing") as failure:
+        cassandra._execute_patiently(
+            _BusySession(busy=99), "CREATE ROLE r WITH PASSWORD = %s", ("secret",))
+    assert "secret" not in str(failure.value)
