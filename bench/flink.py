@@ -9,6 +9,7 @@ output topics; freshness uses the running pipeline (`make up`): Flink job, write
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -312,6 +314,87 @@ def _uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
 
 
+@contextlib.contextmanager
+def _taskmanager_sized(stack: StackSettings, memory: str | None) -> Iterator[None]:
+    """The stack's task manager replaced, for the throughput runs, by one of `memory`
+    (IOT_BENCH_FLINK_TASKMANAGER_MEMORY, e.g. 3072m: a backlog the size of this one within the
+    horizon needs it, docs/aggregation.md), then the stack's own size again. The pipeline's job
+    fails over to the new one each time and resumes from its checkpoint."""
+    if memory is None or memory == stack.flink_taskmanager_memory:
+        yield
+        return
+    if stack.replicated:
+        raise RuntimeError("a resized task manager is for the default profile's single one")
+    _swap_taskmanager(stack.model_copy(update={"flink_taskmanager_memory": memory}))
+    try:
+        yield
+    finally:
+        _swap_taskmanager(stack)
+
+
+def _swap_taskmanager(sized: StackSettings) -> None:
+    from stack import process
+    from stack.services.flink import FlinkService, taskmanager_spec
+
+    service = FlinkService(sized)
+    service.install()  # config.yaml and the memory flags of this size
+    spec = taskmanager_spec(sized)
+    process.stop(spec)
+    process.start(spec)
+    rest = FlinkRest(f"http://localhost:{sized.flink_rest_port}")
+    try:
+        deadline = time.monotonic() + 120
+        while rest.taskmanager_process_memory() != [parse_size(sized.flink_taskmanager_memory)]:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no {sized.flink_taskmanager_memory} task manager registered")
+            time.sleep(1)
+    finally:
+        rest.close()
+    log.info("task manager of %s registered", sized.flink_taskmanager_memory)
+
+
+def parse_size(size: str) -> int:
+    """Flink's memory size notation (as the stack's settings write it: 1280m, 3g) in bytes."""
+    units = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+    text = size.strip().lower().removesuffix("b")
+    if text and text[-1] in units:
+        return int(float(text[:-1]) * units[text[-1]])
+    return int(text)
+
+
+def _throughput_runs(stack: StackSettings, bootstrap: str, topic: str, run_id: str) -> dict[str, Any]:
+    # The same job with and without deduplication, on the same backlog, in the same run.
+    backend = FlinkJobSettings().state_backend
+    plain = _flink_throughput(stack, bootstrap, topic, run_id, False, backend)
+    flink = _flink_throughput(stack, bootstrap, topic, run_id, True, backend)
+    # The heap's full checkpoints of the horizon every interval are part of the step's cost:
+    # the same job at other intervals, on request (IOT_BENCH_FLINK_CHECKPOINT_S=15,30).
+    intervals = [int(s) for s in os.environ.get("IOT_BENCH_FLINK_CHECKPOINT_S", "").split(",") if s]
+    others = [_flink_throughput(stack, bootstrap, topic, run_id, True, backend, interval)
+              for interval in intervals]
+    # The bounded-memory backend for high rates x long horizons, on request (a slow run).
+    rocksdb = (_flink_throughput(stack, bootstrap, topic, run_id, True, "rocksdb")
+               if os.environ.get("IOT_BENCH_FLINK_ROCKSDB") == "1" else None)
+    return {
+        "flink": flink,
+        "flink_without_dedup": plain,
+        "dedup_vs_without": round(flink["readings_per_s"] / plain["readings_per_s"], 2),
+        "flink_dedup_other_checkpoint_intervals": [
+            {**other, "vs_without": round(other["readings_per_s"] / plain["readings_per_s"], 2)}
+            for other in others
+        ],
+        "flink_dedup_rocksdb": rocksdb,
+    }
+
+
+def _taskmanagers(stack: StackSettings) -> list[str]:
+    rest = FlinkRest(f"http://localhost:{stack.flink_rest_port}")
+    try:
+        return [f"{size / 2**20:.0f}m" for size in rest.taskmanager_process_memory()]
+    finally:
+        rest.close()
+
+
 def run() -> dict[str, Any]:
     stack = StackSettings()
     bootstrap = f"{endpoints.HOST}:{stack.kafka_port}"
@@ -320,37 +403,37 @@ def run() -> dict[str, Any]:
     topic = f"bench.readings.{run_id}"
     admin = AdminClient({"bootstrap.servers": bootstrap})
     admin.create_topics([NewTopic(topic, 6, 1)])[topic].result(30)
+    # The backlog's 3 million readings all within the horizon need some 600-700 MB of heap for
+    # the deduplication alone, more than the stack's default 1280m task manager leaves its tasks
+    # (docs/aggregation.md): the throughput runs may have a task manager of their own size.
+    sized = os.environ.get("IOT_BENCH_FLINK_TASKMANAGER_MEMORY")
     try:
         produce_s = _produce_backlog(bootstrap, topic, READINGS)
-        # The same job with and without deduplication, on the same backlog, in the same run.
-        backend = FlinkJobSettings().state_backend
-        plain = _flink_throughput(stack, bootstrap, topic, run_id, False, backend)
-        flink = _flink_throughput(stack, bootstrap, topic, run_id, True, backend)
-        # The heap's full checkpoints of the horizon every interval are part of the step's cost:
-        # the same job checkpointing less often, on request (IOT_BENCH_FLINK_CHECKPOINT_S=30).
-        longer = os.environ.get("IOT_BENCH_FLINK_CHECKPOINT_S")
-        flink_longer = (_flink_throughput(stack, bootstrap, topic, run_id, True, backend, int(longer))
-                        if longer else None)
-        # The bounded-memory backend for high rates x long horizons, on request (a slow run).
-        rocksdb = (_flink_throughput(stack, bootstrap, topic, run_id, True, "rocksdb")
-                   if os.environ.get("IOT_BENCH_FLINK_ROCKSDB") == "1" else None)
-        peer = _peer_throughput(stack, bootstrap, topic)
+        with _taskmanager_sized(stack, sized):
+            taskmanagers = _taskmanagers(stack)
+            throughput = _throughput_runs(stack, bootstrap, topic, run_id)
+        # The peer and freshness can be left to another run (IOT_BENCH_FLINK_PEER=0,
+        # IOT_BENCH_FLINK_FRESHNESS=0), so that one run fits the time it may hold the stack.
+        peer = (_peer_throughput(stack, bootstrap, topic)
+                if os.environ.get("IOT_BENCH_FLINK_PEER") != "0" else None)
     finally:
         admin.delete_topics([topic])
-    freshness = _freshness(stack, bootstrap, run_id)
+    freshness = (_freshness(stack, bootstrap, run_id)
+                 if os.environ.get("IOT_BENCH_FLINK_FRESHNESS") != "0" else None)
+    flink = throughput["flink"]
     return {
         # Figures of a loaded machine are not an idle one's: the load beside them.
         "uptime_before": uptime_before,
         "uptime_after": _uptime(),
         "readings": READINGS,
+        # The throughput runs' task manager(s), taskmanager.memory.process.size: the stack's
+        # (IOT_FLINK_TASKMANAGER_MEMORY) or the bench's own (IOT_BENCH_FLINK_TASKMANAGER_MEMORY).
+        "taskmanager_process_memory": taskmanagers,
+        "stack_taskmanager_memory": stack.flink_taskmanager_memory,
         "produce_seconds": round(produce_s, 1),
-        "flink": flink,
-        "flink_without_dedup": plain,
-        "dedup_vs_without": round(flink["readings_per_s"] / plain["readings_per_s"], 2),
-        "flink_dedup_longer_checkpoints": flink_longer,
-        "flink_dedup_rocksdb": rocksdb,
+        **throughput,
         "python_peer_quixstreams": peer,
-        "flink_vs_peer": round(flink["readings_per_s"] / peer["readings_per_s"], 2),
+        "flink_vs_peer": round(flink["readings_per_s"] / peer["readings_per_s"], 2) if peer else None,
         "targets": {"readings_per_s": 60_000, "vs_peer": 3.0, "dedup_vs_without": 0.8},
         "freshness_1m": freshness,
     }

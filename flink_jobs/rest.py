@@ -89,5 +89,27 @@ class FlinkRest:
                 sums[figure["id"]] += float(figure["value"])
         return sums
 
+    def source_pending_records(self, job_id: str) -> int | None:
+        """Records in Kafka the job's sources have not read yet, by their own fetch positions
+        (the connector's `pendingRecords`, summed over subtasks and sources): where the job is,
+        not where its last checkpoint committed it. None before a source reports one."""
+        pending: int | None = None
+        for vertex in self._get(f"/jobs/{job_id}")["vertices"]:
+            if not vertex["name"].startswith("Source"):
+                continue
+            path = f"/jobs/{job_id}/vertices/{vertex['id']}/subtasks/metrics"
+            wanted = [m["id"] for m in self._get(path) if m["id"].endswith(".pendingRecords")]
+            if not wanted:
+                continue
+            for figure in self._get(path, params={"get": ",".join(wanted), "agg": "sum"}):
+                if "sum" in figure:
+                    pending = (pending or 0) + int(float(figure["sum"]))
+        return pending
+
+    def taskmanager_process_memory(self) -> list[int]:
+        """Each task manager's whole process memory in bytes (taskmanager.memory.process.size)."""
+        return [int(manager.get("memoryConfiguration", {}).get("totalProcessMemory", 0))
+                for manager in self._get("/taskmanagers")["taskmanagers"]]
+
     def cancel(self, job_id: str) -> None:
         self._client.patch(f"/jobs/{job_id}", params={"mode": "cancel"}).raise_for_status()
