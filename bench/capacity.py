@@ -11,7 +11,8 @@ load) find the knee (bench/capacity_search.py), then 3 minutes at the chosen rat
 has 1,000 devices of its own (tenant `capacity`; the default emulator's devices stay apart),
 so that the oracle compares, per device, the readings acknowledged to it with the readings the
 1m windows in Cassandra count for it. Freshness: window end -> row, on a sample of 25 devices
-(bench/flink.py's sightings); lag: Kafka end offsets vs the job's committed ones. Mosquitto
+(bench/flink.py's sightings); lag: Kafka end offsets vs the position the job's sources have
+read to (their `pendingRecords`), the committed offsets' lag printed beside it. Mosquitto
 alone: a private broker (bench/mqtt_edge.py's), the publishers unpaced, `mosquitto_sub` live.
 
 `python -m bench capacity [--profile default]`; `python -m bench.capacity --only mosquitto`.
@@ -35,6 +36,7 @@ from bench import capacity_search as search
 from bench.capacity_live import Fleet, LiveSubscriber, mosquitto_alone_broker
 from bench.flink import consumer_lag, record_windows
 from flink_jobs.config import FlinkJobSettings
+from flink_jobs.rest import FlinkRest
 from gateway import endpoints, pki, topics
 from gateway.registry import DeviceRegistry, connect, ensure_provisioned
 from gateway.settings import KafkaConnection
@@ -94,12 +96,21 @@ class _Sampler(threading.Thread):
     def __init__(self, settings: StackSettings, session: Any, devices: list[str], since_ms: int) -> None:
         super().__init__(daemon=True)
         self.seen: dict[tuple[str, int], float] = {}
+        # Kafka's end offsets minus the job's own read position, and minus its committed offsets
+        # (which move only when a checkpoint completes).
         self.lag: list[int] = []
+        self.committed_lag: list[int] = []
         self.stop = threading.Event()
         self._session, self._devices, self._since = session, devices, since_ms
         self._kafka = KafkaConnection().kafka_client_config()
-        self._group = FlinkJobSettings().consumer_group
+        job = FlinkJobSettings()
+        self._group, self._job_name = job.consumer_group, job.job_name
+        self._rest = FlinkRest(f"http://localhost:{settings.flink_rest_port}")
         self._partitions = _partitions(self._kafka)
+
+    def _position_lag(self) -> int | None:
+        job = self._rest.active_job(self._job_name)
+        return self._rest.source_pending_records(job["jid"]) if job else None
 
     def run(self) -> None:
         tick = 0
@@ -107,13 +118,17 @@ class _Sampler(threading.Thread):
             try:
                 record_windows(self._session, self._devices, self.seen, self._since)
                 if tick % 3 == 0:
-                    self.lag.append(consumer_lag(
+                    self.committed_lag.append(consumer_lag(
                         self._kafka["bootstrap.servers"], self._group, topics.KAFKA_READINGS,
                         self._partitions, self._kafka,
                     ))
+                    position = self._position_lag()
+                    if position is not None:
+                        self.lag.append(position)
             except Exception as exc:  # a slow answer under load is a sample missed, not a stop
                 log.warning("sampler: %s: %s", exc.__class__.__name__, exc)
             tick += 1
+        self._rest.close()
 
 
 def _partitions(kafka: dict[str, Any]) -> int:
@@ -175,7 +190,8 @@ class Run:
         figures = search.StepFigures(
             rate=rate, planned=result["planned"], sent=result["sent"], acked=result["acked"],
             window_full_share=result["window_full_ticks"] / max(1, result["ticks"]),
-            freshness_s=fresh, lag_samples=sampler.lag,
+            freshness_s=fresh, lag_samples=sampler.lag, committed_lag_samples=sampler.committed_lag,
+            checkpoint_interval_s=FlinkJobSettings().checkpoint_interval_s,
         )
         kept, limit, reasons = search.verdict(figures)
         row = {
@@ -190,12 +206,14 @@ class Run:
             "freshness_p99_s": round(search.percentile(fresh, 0.99), 1),
             "freshness_windows": len(fresh),
             "lag_max": max(sampler.lag, default=0), "lag_samples": sampler.lag,
+            "committed_lag_max": max(sampler.committed_lag, default=0),
+            "committed_lag_samples": sampler.committed_lag,
             "load_average": [round(x, 2) for x in os.getloadavg()],
             "expected": {d: a for d, (_, a) in result["by_device"].items()},
         }
-        log.info("step %s at %d/s: kept up %s %s; sent %d, acked %d, fresh p99 %s s, lag max %d",
-                 prefix, rate, kept, reasons, row["sent"], row["acked"], row["freshness_p99_s"],
-                 row["lag_max"])
+        log.info("step %s at %d/s: kept up %s %s; sent %d, acked %d, fresh p99 %s s, lag max %d "
+                 "(committed %d)", prefix, rate, kept, reasons, row["sent"], row["acked"],
+                 row["freshness_p99_s"], row["lag_max"], row["committed_lag_max"])
         self.steps.append(row)
         return row
 
@@ -318,7 +336,8 @@ def _summary(figures: dict[str, Any], chosen: int | None, confirmed: dict[str, A
     return {
         "knee_readings_per_s": chosen,
         "sustained_3_min_readings_per_s": rate,
-        "confirmation": {k: v for k, v in (confirmed or {}).items() if k != "lag_samples"},
+        "confirmation": {k: v for k, v in (confirmed or {}).items()
+                         if k not in ("lag_samples", "committed_lag_samples")},
         "vs_mosquitto_alone": round(rate / alone, 3) if alone else None,
         "limited_by": sorted(limits),
         "targets": {"readings_per_s": 20_000, "vs_mosquitto_alone": 0.5},

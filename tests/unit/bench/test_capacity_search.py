@@ -104,6 +104,16 @@ def test_freshness_lag_and_acknowledgements_each_fail_a_step() -> None:
     assert verdict(_figures(acked=899_999))[:2] == (False, "pipeline")
 
 
+def test_committed_offsets_judge_a_step_only_without_the_jobs_position() -> None:
+    """Committed offsets trail the job's position by a checkpoint: by them the bound gets one
+    interval more, and the position, when sampled, is what decides."""
+    behind = int(20_000 * (LAG_BOUND_S + 2))  # within the bound plus a 5 s interval
+    assert verdict(_figures(lag_samples=[], committed_lag_samples=[behind]))[0] is True
+    assert verdict(_figures(lag_samples=[], committed_lag_samples=[behind],
+                            checkpoint_interval_s=1))[:2] == (False, "pipeline")
+    assert verdict(_figures(committed_lag_samples=[10 * behind]))[0] is True
+
+
 def test_percentile_of_nothing_is_infinite() -> None:
     assert percentile([], 0.99) == math.inf
     assert percentile([3.0, 1.0, 2.0], 0.5) == 2.0
