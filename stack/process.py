@@ -178,48 +178,51 @@ def _launch(spec: ProcessSpec) -> int:
 def stop(spec: ProcessSpec) -> bool:
     """SIGTERM the process group, wait, then SIGKILL. True if something was stopped."""
     with spec_lock(spec):
-        return _stop(spec)
-
-
-def _stop(spec: ProcessSpec) -> bool:
-    pid = read_pid(spec)
-    if pid is None:
-        spec.pid_file.unlink(missing_ok=True)
-        return False
-    log.info("stopping %s (pid %d)", spec.name, pid)
-    _signal_group(pid, signal.SIGTERM)
-    deadline = time.monotonic() + spec.stop_timeout_s
-    while time.monotonic() < deadline and _alive(pid):
-        _reap(pid)
-        time.sleep(0.2)
-    if _alive(pid):
-        log.warning("%s did not stop within %.0fs, killing", spec.name, spec.stop_timeout_s)
-        _signal_group(pid, signal.SIGKILL)
-        time.sleep(0.5)
-        _reap(pid)
-    spec.pid_file.unlink(missing_ok=True)
-    return True
+        return _end(spec, grace_s=spec.stop_timeout_s)
 
 
 def kill(spec: ProcessSpec) -> bool:
     """SIGKILL at once (failure tests; not a crash: the supervisor leaves it stopped). True if
     something was killed."""
     with spec_lock(spec):
-        return _kill(spec)
+        return _end(spec, grace_s=None)
 
 
-def _kill(spec: ProcessSpec) -> bool:
+# How long a SIGKILLed group is given to disappear (it cannot refuse; only the kernel is slow).
+_KILL_WAIT_S = 5.0
+
+
+def _end(spec: ProcessSpec, grace_s: float | None) -> bool:
+    """SIGTERM and up to grace_s for the group to leave, then SIGKILL (at once when grace_s is
+    None); the pid file goes either way. True if something was running."""
     pid = read_pid(spec)
     if pid is None:
         spec.pid_file.unlink(missing_ok=True)
         return False
-    _signal_group(pid, signal.SIGKILL)
-    for _ in range(50):
-        _reap(pid)
-        if not _alive(pid):
-            break
-        time.sleep(0.1)
+    gone = False
+    if grace_s is not None:
+        log.info("stopping %s (pid %d)", spec.name, pid)
+        _signal_group(pid, signal.SIGTERM)
+        gone = _wait_gone(pid, grace_s, poll_s=0.2)
+        if not gone:
+            log.warning("%s did not stop within %.0fs, killing", spec.name, grace_s)
+    if not gone:
+        _signal_group(pid, signal.SIGKILL)
+        _wait_gone(pid, _KILL_WAIT_S, poll_s=0.1)
+        _reap(pid)  # a killed process's exit status tells nothing
     spec.pid_file.unlink(missing_ok=True)
+    return True
+
+
+def _wait_gone(pid: int, timeout_s: float, poll_s: float) -> bool:
+    """Poll until the process is gone, a zombie counting as gone (its exit status is left for
+    whoever waits on it); False if it outlived timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while _alive(pid):
+        if time.monotonic() >= deadline:
+            return False
+        _reap(pid)
+        time.sleep(poll_s)
     return True
 
 
