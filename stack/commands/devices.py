@@ -43,18 +43,26 @@ def open_registry(settings: CertsSettings) -> Iterator[DeviceRegistry]:
         session.cluster.shutdown()
 
 
+def _check_tenant(tenant: str | None) -> None:
+    if tenant is not None and not is_valid_tenant(tenant):
+        raise CliError(f"invalid tenant {tenant!r}: must match {TENANT_PATTERN}")
+
+
+def _report(heading: str, rows: Sequence[tuple[str, object]]) -> int:
+    """What a command made: a heading, then one indented `label value` line per row, the values
+    aligned; the command's exit code."""
+    width = max(len(label) for label, _ in rows)
+    sys.stdout.write(heading + "\n" + "".join(f"  {label:<{width}} {value}\n" for label, value in rows))
+    return 0
+
+
 def _issue(args: argparse.Namespace, settings: CertsSettings) -> int:
     pki.check_device_id(args.device_id)
-    if not is_valid_tenant(args.tenant):
-        raise CliError(f"invalid tenant {args.tenant!r}: must match {TENANT_PATTERN}")
+    _check_tenant(args.tenant)
     with open_registry(settings) as registry:
         identity = provision_device(settings.pki_dir, registry, args.device_id, args.tenant)
-    sys.stdout.write(
-        f"issued {args.device_id} (tenant {args.tenant})\n"
-        f"  certificate {identity.cert}\n  key         {identity.key}\n"
-        f"  ca          {identity.ca}\n"
-    )
-    return 0
+    return _report(f"issued {args.device_id} (tenant {args.tenant})",
+                   [("certificate", identity.cert), ("key", identity.key), ("ca", identity.ca)])
 
 
 def _revoke(args: argparse.Namespace, settings: CertsSettings) -> int:
@@ -92,17 +100,15 @@ def _init(args: argparse.Namespace, settings: CertsSettings) -> int:
     server = pki.server_identity(pki_dir, extra_names=args.server_name)
     bridge = pki.service_identity(pki_dir, pki.BRIDGE_CN)
     operator = pki.operator_identity(pki_dir)
-    sys.stdout.write(
-        f"pki ready in {pki_dir}\n  ca       {ca}\n  server   {server.cert} "
-        f"(DNS {', '.join(pki.server_dns_names(server.cert))})\n"
-        f"  bridge   {bridge.cert}\n  operator {operator.cert}\n"
-    )
-    return 0
+    dns = ", ".join(pki.server_dns_names(server.cert))
+    return _report(f"pki ready in {pki_dir}", [
+        ("ca", ca), ("server", f"{server.cert} (DNS {dns})"), ("bridge", bridge.cert),
+        ("operator", operator.cert),
+    ])
 
 
 def _list(args: argparse.Namespace, settings: CertsSettings) -> int:
-    if args.tenant is not None and not is_valid_tenant(args.tenant):
-        raise CliError(f"invalid tenant {args.tenant!r}: must match {TENANT_PATTERN}")
+    _check_tenant(args.tenant)
     with open_registry(settings) as registry:
         devices = registry.list(args.tenant)
     if args.json:
@@ -192,11 +198,6 @@ def open_groups(settings: CertsSettings) -> Iterator[GroupRegistry]:
         yield GroupRegistry(session, devices, settings.cassandra_keyspace)
     finally:
         session.cluster.shutdown()
-
-
-def _check_tenant(tenant: str | None) -> None:
-    if tenant is not None and not is_valid_tenant(tenant):
-        raise CliError(f"invalid tenant {tenant!r}: must match {TENANT_PATTERN}")
 
 
 def _group_create(args: argparse.Namespace, settings: CertsSettings) -> int:
