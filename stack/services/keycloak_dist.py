@@ -72,6 +72,17 @@ def _remove_abandoned(parent: Path, prefix: str) -> None:
             shutil.rmtree(scratch, ignore_errors=True)
 
 
+def _move_into_cache(built: Path, final: Path, scratch: Path) -> None:
+    """A result made in a scratch directory renamed into its place in the cache, so nobody ever
+    sees half of it; then the scratch directory goes."""
+    try:
+        built.rename(final)
+    except OSError:
+        # Another clone finished the same work first; its result is identical.
+        log.info("keycloak: %s already made by another clone", final)
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
 def ensure_server(settings: StackSettings) -> Path:
     """The built distribution in the cache (fetched and built on first use)."""
     lib = artifacts.fetch(settings, "keycloak")
@@ -100,12 +111,7 @@ def ensure_server(settings: StackSettings) -> Path:
         tail = "\n".join((result.stdout + result.stderr).splitlines()[-25:])
         shutil.rmtree(scratch, ignore_errors=True)
         raise StackError(f"keycloak: `kc.sh build` failed:\n{tail}")
-    try:
-        top.rename(server)
-    except OSError:
-        # Another clone finished the same build first; its result is identical.
-        log.info("keycloak: %s already built by someone else", server)
-    shutil.rmtree(scratch, ignore_errors=True)
+    _move_into_cache(top, server, scratch)
     return server
 
 
@@ -221,11 +227,7 @@ def _make_template(settings: StackSettings, server: Path, template: Path) -> boo
     staged.mkdir()
     (scratch / "home" / _H2).rename(staged / "h2")
     write_secret(staged / _ADMIN_PASSWORD, password)
-    try:
-        staged.rename(template)
-    except OSError:
-        log.info("keycloak: %s already seeded by someone else", template)
-    shutil.rmtree(scratch, ignore_errors=True)
+    _move_into_cache(staged, template, scratch)
     return True
 
 
