@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import time
 from abc import ABC, abstractmethod
-from typing import Any
+from pathlib import Path
+from typing import Any, overload
 
 import httpx
 
@@ -46,7 +47,8 @@ class Service(ABC):
         self.settings = settings
 
     @property
-    def home(self):  # type: ignore[no-untyped-def]
+    def home(self) -> Path:
+        """The service's own state under the stack dir (configuration, data)."""
         return self.settings.service_dir(self.name)
 
     def install(self) -> None:
@@ -143,3 +145,31 @@ class Service(ABC):
                     f"{self.name} not ready after {timeout_s:.0f}s; failed check: {last}\n{tails}"
                 )
             time.sleep(0.5)
+
+
+class StatePath:
+    """A file or directory of a service's own state (Service.home), declared once on the class:
+    `conf_file = StatePath("mosquitto.conf")`."""
+
+    def __init__(self, *parts: str) -> None:
+        self.parts = parts
+
+    @overload
+    def __get__(self, service: None, owner: type[Service]) -> StatePath: ...
+
+    @overload
+    def __get__(self, service: Service, owner: type[Service]) -> Path: ...
+
+    def __get__(self, service: Service | None, owner: type[Service]) -> StatePath | Path:
+        return self if service is None else service.home.joinpath(*self.parts)
+
+
+class NodeService(Service):
+    """A service the replicated profile runs several of (stack/topology.py): node None is the
+    default profile's single one, under the plain name; node N is `<name>-N`."""
+
+    def __init__(self, settings: StackSettings, node: int | None = None) -> None:
+        super().__init__(settings)
+        self.node = node
+        if node is not None:
+            self.name = f"{self.name}-{node}"

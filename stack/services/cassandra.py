@@ -23,7 +23,6 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 from cassandra import AuthenticationFailed, OperationTimedOut, ProtocolVersion, Timeout, Unavailable
 from cassandra.auth import PlainTextAuthProvider
@@ -32,10 +31,9 @@ from cassandra.policies import RoundRobinPolicy, WhiteListRoundRobinPolicy
 
 from gateway import endpoints
 from stack import artifacts, topology
-from stack.config import StackSettings
 from stack.errors import StackError
 from stack.process import ProcessSpec
-from stack.service import NotReady, Service
+from stack.service import NodeService, NotReady, StatePath
 from stack.services import prometheus
 
 log = logging.getLogger(__name__)
@@ -180,16 +178,11 @@ def _execute_patiently(session: Session, cql: str, params: tuple[object, ...] | 
             time.sleep(min(2.0 * attempt, 10.0))
 
 
-class CassandraService(Service):
+class CassandraService(NodeService):
     name = "cassandra"
     stage = 0
-
-    def __init__(self, settings: StackSettings, node: int | None = None) -> None:
-        """node None: the default profile's single node; N: node N of the replicated cluster."""
-        super().__init__(settings)
-        self.node = node
-        if node is not None:
-            self.name = f"cassandra-{node}"
+    config_file = StatePath("conf", "cassandra.yaml")
+    logback_file = StatePath("conf", "logback.xml")
 
     @property
     def address(self) -> str:
@@ -198,18 +191,6 @@ class CassandraService(Service):
     @property
     def nodes(self) -> list[int]:
         return topology.cassandra_nodes(self.settings)
-
-    @property
-    def home_dir(self) -> Path:
-        return self.settings.service_dir(self.name)
-
-    @property
-    def config_file(self) -> Path:
-        return self.home_dir / "conf" / "cassandra.yaml"
-
-    @property
-    def logback_file(self) -> Path:
-        return self.home_dir / "conf" / "logback.xml"
 
     def install(self) -> None:
         artifacts.fetch(self.settings, "cassandra")
@@ -220,7 +201,7 @@ class CassandraService(Service):
 
     def _yaml(self) -> str:
         s = self.settings
-        data = self.home_dir
+        data = self.home
         # JSON is valid YAML: no YAML library needed to write an exact config.
         config: dict[str, object] = {
             "cluster_name": CLUSTER_NAME,
@@ -315,7 +296,7 @@ class CassandraService(Service):
             "-XX:MaxMetaspaceSize=192m",
             "-XX:ReservedCodeCacheSize=96m",
             "-XX:+PerfDisableSharedMem",
-            "-XX:+HeapDumpOnOutOfMemoryError", f"-XX:HeapDumpPath={self.home_dir}",
+            "-XX:+HeapDumpOnOutOfMemoryError", f"-XX:HeapDumpPath={self.home}",
             "-XX:+ExitOnOutOfMemoryError",
             "-Djava.net.preferIPv4Stack=true",
             "-Djdk.attach.allowAttachSelf=true",
@@ -328,7 +309,7 @@ class CassandraService(Service):
             *(prometheus.jmx_agent_args(s, "cassandra") if self.node is None else []),
             f"-Dcassandra.config=file://{self.config_file}",
             f"-Dlogback.configurationFile={self.logback_file}",
-            f"-Dcassandra.storagedir={self.home_dir}",
+            f"-Dcassandra.storagedir={self.home}",
             f"-Dcassandra.logdir={self.settings.log_dir}",
             "-Dcassandra-foreground=yes",
             # A single seed node: nobody to gossip with, so do not wait for gossip or the ring.
@@ -353,7 +334,7 @@ class CassandraService(Service):
 
     def processes(self) -> list[ProcessSpec]:
         # Flushing memtables on SIGTERM can take a while; give it time before SIGKILL.
-        return [self.spec(self.name, _no_mlock() + self._java(), cwd=self.home_dir,
+        return [self.spec(self.name, _no_mlock() + self._java(), cwd=self.home,
                           stop_timeout_s=60.0)]
 
     def _cluster(self, credentials: tuple[str, str] | None = None, own_node: bool = False) -> Cluster:

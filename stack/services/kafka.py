@@ -24,10 +24,9 @@ from confluent_kafka.cimpl import NewTopic
 
 from gateway import contract, topics
 from stack import artifacts, topology
-from stack.config import StackSettings
 from stack.errors import StackError
 from stack.process import ProcessSpec
-from stack.service import NotReady, Service
+from stack.service import NodeService, NotReady, StatePath
 from stack.services import prometheus
 
 log = logging.getLogger(__name__)
@@ -86,16 +85,12 @@ def new_cluster_id() -> str:
             return cluster_id
 
 
-class KafkaService(Service):
+class KafkaService(NodeService):
     name = "kafka"
     stage = 0
-
-    def __init__(self, settings: StackSettings, node: int | None = None) -> None:
-        """node None: the default profile's single broker; N: node N of the replicated one."""
-        super().__init__(settings)
-        self.node = node
-        if node is not None:
-            self.name = f"kafka-{node}"
+    data_dir = StatePath("data")
+    config_file = StatePath("server.properties")
+    log4j_file = StatePath("log4j2.properties")
 
     @property
     def node_id(self) -> int:
@@ -110,18 +105,6 @@ class KafkaService(Service):
         return len(topology.kafka_nodes(self.settings)) or 1
 
     @property
-    def data_dir(self) -> Path:
-        return self.settings.service_dir(self.name) / "data"
-
-    @property
-    def config_file(self) -> Path:
-        return self.settings.service_dir(self.name) / "server.properties"
-
-    @property
-    def log4j_file(self) -> Path:
-        return self.settings.service_dir(self.name) / "log4j2.properties"
-
-    @property
     def log_file(self) -> Path:
         return self.settings.log_dir / f"{self.name}.log"
 
@@ -133,7 +116,7 @@ class KafkaService(Service):
     def install(self) -> None:
         artifacts.fetch(self.settings, "kafka")
         prometheus.install_jmx_agent(self.settings)
-        self.settings.service_dir(self.name).mkdir(parents=True, exist_ok=True)
+        self.home.mkdir(parents=True, exist_ok=True)
         # The replicated profile's file holds the inter-broker password: owner only.
         topology.write_private(self.config_file, self._server_properties())
         self.log4j_file.write_text(_LOG4J2.format(log_file=self.log_file))

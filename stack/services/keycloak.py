@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 
 import httpx
 
 from gateway import endpoints
 from stack.errors import StackError
 from stack.process import ProcessSpec
-from stack.service import Service, http_ready
+from stack.service import Service, StatePath, http_ready
 from stack.services import keycloak_admin
 from stack.services.keycloak_dist import (
     REALM_FILE,
@@ -37,13 +36,8 @@ class KeycloakService(Service):
     name = "keycloak"
     stage = 0
 
-    @property
-    def state_dir(self) -> Path:
-        return self.settings.service_dir(self.name)
-
-    @property
-    def kc_home(self) -> Path:
-        return self.state_dir / "home"
+    kc_home = StatePath("home")
+    _imported_marker = StatePath("realm-imported.sha256")
 
     @property
     def base_url(self) -> str:
@@ -66,10 +60,6 @@ class KeycloakService(Service):
         argv = server_argv(self.settings, home, self.settings.keycloak_port)
         env = server_env(self.settings, keycloak_admin.admin_password(self.settings))
         return [self.spec("keycloak", argv, cwd=home, env=env, marker=f"-Dkc.home.dir={home}")]
-
-    @property
-    def _imported_marker(self) -> Path:
-        return self.state_dir / "realm-imported.sha256"
 
     def initialise(self) -> None:
         """The administrator's and the users' passwords as configured; the stored realm replaced

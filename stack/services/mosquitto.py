@@ -19,7 +19,7 @@ from stack import process
 from stack.config import REPO_ROOT, StackSettings
 from stack.errors import StackError
 from stack.process import ProcessSpec
-from stack.service import NotReady, Service
+from stack.service import NotReady, Service, StatePath
 from stack.system import apt_install
 
 log = logging.getLogger(__name__)
@@ -35,18 +35,8 @@ NOFILE = 65536
 class MosquittoService(Service):
     name = "mosquitto"
     stage = 0
-
-    @property
-    def home(self) -> Path:
-        return self.settings.service_dir(self.name)
-
-    @property
-    def conf_file(self) -> Path:
-        return self.home / "mosquitto.conf"
-
-    @property
-    def plugin_file(self) -> Path:
-        return self.home / "iot_edge.so"
+    conf_file = StatePath("mosquitto.conf")
+    plugin_file = StatePath("iot_edge.so")
 
     def install(self) -> None:
         if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():

@@ -27,7 +27,7 @@ from stack import artifacts, process
 from stack.config import REPO_ROOT, StackSettings
 from stack.errors import StackError
 from stack.process import ProcessSpec
-from stack.service import NotReady, Service, http_ready
+from stack.service import NotReady, Service, StatePath, http_ready
 from stack.system import apt_install
 
 log = logging.getLogger(__name__)
@@ -241,13 +241,8 @@ class PrometheusService(Service):
         super().__init__(settings)
         self.obs = ObservabilitySettings()
 
-    @property
-    def config_file(self) -> Path:
-        return self.settings.service_dir(NAME) / "prometheus.yml"
-
-    @property
-    def data_dir(self) -> Path:
-        return self.settings.service_dir(NAME) / "data"
+    config_file = StatePath("prometheus.yml")
+    data_dir = StatePath("data")
 
     def install(self) -> None:
         ensure_installed()
