@@ -35,13 +35,16 @@ def profile_env(settings: StackSettings) -> dict[str, str]:
 
 class _PythonService(Service):
     module: str
-    args: tuple[str, ...] = ()
+
+    def args(self) -> tuple[str, ...]:
+        """The program's arguments after `python -m module` (from the stack's settings)."""
+        return ()
 
     def env(self) -> dict[str, str]:
         return {**profile_env(self.settings), "PYTHONUNBUFFERED": "1"}
 
     def processes(self) -> list[ProcessSpec]:
-        argv = [sys.executable, "-m", self.module, *self.args]
+        argv = [sys.executable, "-m", self.module, *self.args()]
         return [self.spec(self.name, argv, env=self.env())]
 
 
@@ -135,8 +138,7 @@ class QueryApiService(_PythonService):
     stage = 2
     module = "query_api"
 
-    @property
-    def args(self) -> tuple[str, ...]:  # type: ignore[override]
+    def args(self) -> tuple[str, ...]:
         # Worker processes sharing the port (uvicorn's): the replicated profile runs several.
         workers = self.settings.replicated_query_api_workers if self.settings.replicated else 1
         return ("--workers", str(workers)) if workers > 1 else ()
@@ -152,8 +154,7 @@ class EmulatorService(_PythonService):
     stage = 2
     module = "emulator"
 
-    @property
-    def args(self) -> tuple[str, ...]:  # type: ignore[override]
+    def args(self) -> tuple[str, ...]:
         s = self.settings
         return (
             "--devices", str(s.emulator_devices), "--rate", str(s.emulator_rate),
