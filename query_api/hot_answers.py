@@ -22,13 +22,13 @@ recently kept going first; a body above `max_bytes` is not kept.
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from query_api.bounded import BoundedLru, CacheLimits
 from query_api.errors import QueryApiError
 from query_api.observability import ApiMetrics
 from query_api.state import AppState
@@ -46,35 +46,27 @@ class _Answer:
     body: bytes
     route: object
     expires: float
-    cost: int
 
 
 class HotAnswers:
-    def __init__(
-        self,
-        app: ASGIApp,
-        ttl_s: float,
-        max_entries: int,
-        max_bytes: int,
-        budget_bytes: int = 32 * 1024 * 1024,
-        metrics: ApiMetrics | None = None,
-    ) -> None:
+    def __init__(self, app: ASGIApp, limits: CacheLimits, metrics: ApiMetrics | None = None) -> None:
         self.app = app
-        self._ttl_s = ttl_s
-        self._max_entries = max_entries
-        self._max_bytes = max_bytes
-        self._budget_bytes = budget_bytes
-        self._answers: OrderedDict[_Key, _Answer] = OrderedDict()
+        self._ttl_s = limits.ttl_s
+        self._max_bytes = limits.max_bytes
+        self._answers: BoundedLru[_Key, _Answer] = BoundedLru(limits)
         # name -> may repeat (a list parameter), of the query parameters of the /query routes.
         self._parameters: dict[str, bool] | None = None
-        self.bytes = 0
         self.hits = 0
         if metrics is not None:
-            metrics.watch_cache("answers", self)
+            metrics.watch_cache("answers", self._answers)
 
     @property
     def entries(self) -> int:
-        return len(self._answers)
+        return self._answers.entries
+
+    @property
+    def bytes(self) -> int:
+        return self._answers.bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self._ttl_s <= 0 or scope["type"] != "http" or scope["method"] != "GET":
@@ -132,15 +124,8 @@ class HotAnswers:
         device_id = key[0][len(_PREFIX) :].split("/", 1)[0]
         headers = list(start.get("headers", []))
         cost = len(body) + sum(len(n) + len(v) for n, v in headers) + _ENTRY_BYTES
-        answer = _Answer(device_id, headers, body, scope.get("route"), time.monotonic() + self._ttl_s, cost)
-        old = self._answers.pop(key, None)
-        if old is not None:
-            self.bytes -= old.cost
-        self._answers[key] = answer
-        self.bytes += cost
-        while len(self._answers) > self._max_entries or self.bytes > self._budget_bytes:
-            _, dropped = self._answers.popitem(last=False)
-            self.bytes -= dropped.cost
+        answer = _Answer(device_id, headers, body, scope.get("route"), time.monotonic() + self._ttl_s)
+        self._answers.keep(key, answer, cost)
 
     def _known_parameters(self, scope: Scope) -> tuple[tuple[str, str], ...]:
         """The query parameters the routes read, as they read them: the last value of each, or

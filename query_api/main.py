@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 
 from gateway.retry import Backoff, retry_async
 from query_api.auth import JwksCache, JwksFetcher, TokenValidator, keycloak_fetcher
+from query_api.bounded import CacheLimits
 from query_api.config import QueryApiSettings
 from query_api.db import CassandraStore
 from query_api.errors import QueryApiError, Unauthorized
@@ -50,6 +51,7 @@ def create_app(
     """The app; `repository` and `jwks_fetcher` replace Cassandra and Keycloak in unit tests."""
     settings = settings or QueryApiSettings()
     api_metrics = ApiMetrics()
+    limits = CacheLimits.of(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -65,15 +67,8 @@ def create_app(
             real = AggregateRepository(store, settings.registry_cache_s, settings.registry_miss_cache_s)
             connecting = asyncio.create_task(_keep_connecting(store, real))
             reader = real
-        if settings.result_cache_s > 0:
-            reader = CachedReader(
-                reader,
-                settings.result_cache_s,
-                settings.result_cache_entries,
-                settings.result_cache_max_bytes,
-                settings.result_cache_budget_bytes,
-            )
-            api_metrics.watch_cache("reads", reader)
+        if limits.ttl_s > 0:
+            reader = CachedReader(reader, limits, api_metrics)
         app.state.iot = AppState(
             settings=settings,
             metrics=api_metrics,
@@ -110,14 +105,7 @@ def create_app(
         docs_url=None,  # routes/docs.py serves Swagger UI from local files
     )
     # Added first, so it runs inside the metrics middleware: hot answers are counted too.
-    app.add_middleware(
-        HotAnswers,
-        ttl_s=settings.result_cache_s,
-        max_entries=settings.result_cache_entries,
-        max_bytes=settings.result_cache_max_bytes,
-        budget_bytes=settings.result_cache_budget_bytes,
-        metrics=api_metrics,
-    )
+    app.add_middleware(HotAnswers, limits=limits, metrics=api_metrics)
     app.add_middleware(MetricsMiddleware, metrics=api_metrics)
     app.add_exception_handler(QueryApiError, _error_handler(api_metrics))
     app.include_router(query.router)

@@ -216,3 +216,41 @@ class Cursor:
             return cls(int(start), metric)
         except (ValueError, binascii.Error) as exc:
             raise BadInput("cursor: not a cursor this API returned") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class PageQuery:
+    """One page of the aggregates stored under `key` (a device id, or a group's aggregate key):
+    windows starting in `span`, or the all-time rows when `span` is None (window `all`)."""
+
+    key: str
+    window: Window
+    span: TimeRange | None
+    metric: str | None = None
+    limit: int = MAX_LIMIT
+    cursor: Cursor | None = None
+    zone: ZoneInfo = UTC_ZONE
+
+
+def page_query(
+    key: str,
+    window: str,
+    *,
+    from_: str | None,
+    to: str | None,
+    metric: str | None,
+    limit: int,
+    cursor: str | None,
+    tz: str | None,
+    now_ms: int,
+) -> PageQuery:
+    """The page a request's parameters ask for, every one checked (BadInput names the first bad one)."""
+    kind = parse_window(window)
+    checked_metric = check_metric(metric)
+    zone = parse_zone(tz)
+    span = None
+    if kind is not Window.ALL:
+        span = time_range(kind, from_, to, now_ms)
+        check_zone(kind, zone, span)
+    position = Cursor.decode(cursor) if cursor is not None else None
+    return PageQuery(key, kind, span, checked_metric, limit, position, zone)

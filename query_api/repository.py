@@ -13,7 +13,6 @@ from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
-from zoneinfo import ZoneInfo
 
 import orjson
 from cassandra.query import PreparedStatement
@@ -21,7 +20,7 @@ from cassandra.query import PreparedStatement
 from gateway import registry
 from query_api.db import CassandraStore, Row
 from query_api.errors import DependencyDown
-from query_api.params import ROLLED, UTC_ZONE, Cursor, TimeRange, Window, bucketing
+from query_api.params import ROLLED, Cursor, PageQuery, TimeRange, Window, bucketing
 from query_api.rollup import LocalDays, SourceRow, after_cursor, bucket_span, combine
 
 Item = dict[str, Any]
@@ -44,24 +43,19 @@ class Page:
     # The items already as JSON, when the page is kept to be served many times (result_cache.py).
     encoded_items: orjson.Fragment | None = None
 
+    def json(self, **head: str) -> bytes:
+        """The answer of docs/contract.md: `head` (whose aggregates, which window), the items
+        and the cursor of the next page."""
+        items = self.items if self.encoded_items is None else self.encoded_items
+        return orjson.dumps({**head, "items": items, "next": self.next_cursor})
+
 
 class AggregateReader(Protocol):
     """What the routes need; AggregateRepository is the real one, unit tests bring a fake."""
 
     async def tenant_of(self, device_id: str) -> str | None: ...
 
-    async def windows(
-        self,
-        device_id: str,
-        window: Window,
-        span: TimeRange,
-        metric: str | None,
-        limit: int,
-        cursor: Cursor | None,
-        zone: ZoneInfo = UTC_ZONE,
-    ) -> Page: ...
-
-    async def totals(self, device_id: str, metric: str | None, limit: int, cursor: Cursor | None) -> Page: ...
+    async def read(self, query: PageQuery) -> Page: ...
 
 
 def month_buckets(start_ms: int, end_ms: int) -> Iterator[str]:
@@ -174,21 +168,19 @@ class AggregateRepository:
         self._tenants.remember(device_id, tenant)
         return tenant
 
-    async def windows(
-        self,
-        device_id: str,
-        window: Window,
-        span: TimeRange,
-        metric: str | None,
-        limit: int,
-        cursor: Cursor | None,
-        zone: ZoneInfo = UTC_ZONE,
-    ) -> Page:
-        """Windows starting in the span; 5m, 15m and 1d rolled up from the stored rows, 1d on
-        the local midnights of `zone` (which changes nothing else)."""
+    async def read(self, query: PageQuery) -> Page:
         self._require_ready()
-        if window in ROLLED:
-            return await self._rolled(device_id, window, span, metric, limit, cursor, zone)
+        if query.span is None:
+            return await self._totals(query.key, query.metric, query.limit, query.cursor)
+        return await self._window_page(query, query.span)
+
+    async def _window_page(self, query: PageQuery, span: TimeRange) -> Page:
+        """Windows starting in the span; 5m, 15m and 1d rolled up from the stored rows, 1d on
+        the local midnights of the query's zone (which changes nothing else)."""
+        if query.window in ROLLED:
+            return await self._rolled(query, span)
+        device_id, window, metric = query.key, query.window, query.metric
+        limit, cursor = query.limit, query.cursor
         statements = self._windows[window]
         start_ms = span.start_ms
         if cursor is not None:
@@ -241,19 +233,11 @@ class AggregateRepository:
         next_cursor = Cursor(page[-1][0], page[-1][2]).encode() if more else None
         return Page(items, next_cursor)
 
-    async def _rolled(
-        self,
-        device_id: str,
-        window: Window,
-        span: TimeRange,
-        metric: str | None,
-        limit: int,
-        cursor: Cursor | None,
-        zone: ZoneInfo,
-    ) -> Page:
+    async def _rolled(self, query: PageQuery, span: TimeRange) -> Page:
         """A page of rolled-up windows: the source rows of whole buckets, in time order, read
         until limit + 1 windows after the cursor are complete (bounded by the page, not the span)."""
-        buckets = bucketing(window, zone)
+        device_id, metric, limit, cursor = query.key, query.metric, query.limit, query.cursor
+        buckets = bucketing(query.window, query.zone)
         read_from = span.start_ms if cursor is None else max(span.start_ms, cursor.window_start_ms)
         bounds = bucket_span(buckets, read_from, span.end_ms)
         if bounds is None:
@@ -347,8 +331,7 @@ class AggregateRepository:
             want,
         )
 
-    async def totals(self, device_id: str, metric: str | None, limit: int, cursor: Cursor | None) -> Page:
-        self._require_ready()
+    async def _totals(self, device_id: str, metric: str | None, limit: int, cursor: Cursor | None) -> Page:
         if metric is not None:
             if cursor is not None and cursor.metric >= metric:
                 rows: list[Row] = []

@@ -26,48 +26,46 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Coroutine, Hashable
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
-from zoneinfo import ZoneInfo
 
 import orjson
 
-from query_api.params import UTC_ZONE, Cursor, TimeRange, Window, align
+from query_api.bounded import BoundedLru, CacheLimits
+from query_api.observability import ApiMetrics
+from query_api.params import PageQuery, align
 from query_api.repository import AggregateReader, Page
 
 Load = Callable[[], Coroutine[object, object, Page]]
 
 
 class CachedReader:
-    """An AggregateReader answering repeated reads from memory for `ttl_s`; bounded LRU."""
+    """An AggregateReader answering repeated reads from memory for `limits.ttl_s`; bounded LRU."""
 
     def __init__(
-        self,
-        inner: AggregateReader,
-        ttl_s: float,
-        max_entries: int,
-        max_bytes: int = 256 * 1024,
-        budget_bytes: int = 32 * 1024 * 1024,
+        self, inner: AggregateReader, limits: CacheLimits, metrics: ApiMetrics | None = None
     ) -> None:
         self._inner = inner
-        self._ttl_s = ttl_s
-        self._max_entries = max_entries
-        self._max_bytes = max_bytes
-        self._budget_bytes = budget_bytes
+        self._ttl_s = limits.ttl_s
+        self._max_bytes = limits.max_bytes
         # JSON size of each page read, not yet settled and small enough to keep (a Fragment does
         # not tell its length).
-        self._sizes: dict[Hashable, int] = {}
-        # key -> (page, fetched at, bytes charged)
-        self._answers: OrderedDict[Hashable, tuple[Page, float, int]] = OrderedDict()
-        self._loading: dict[Hashable, asyncio.Future[Page]] = {}
-        self.bytes = 0
+        self._sizes: dict[PageQuery, int] = {}
+        # query -> (page, fetched at)
+        self._answers: BoundedLru[PageQuery, tuple[Page, float]] = BoundedLru(limits)
+        self._loading: dict[PageQuery, asyncio.Future[Page]] = {}
         self.hits = 0
         self.misses = 0
+        if metrics is not None:
+            metrics.watch_cache("reads", self._answers)
 
     @property
     def entries(self) -> int:
-        return len(self._answers)
+        return self._answers.entries
+
+    @property
+    def bytes(self) -> int:
+        return self._answers.bytes
 
     def __getattr__(self, name: str) -> object:
         # Readiness and the like (`ready`, `not_ready_reason`) are the real repository's.
@@ -76,33 +74,18 @@ class CachedReader:
     async def tenant_of(self, device_id: str) -> str | None:
         return await self._inner.tenant_of(device_id)
 
-    async def windows(
-        self,
-        device_id: str,
-        window: Window,
-        span: TimeRange,
-        metric: str | None,
-        limit: int,
-        cursor: Cursor | None,
-        zone: ZoneInfo = UTC_ZONE,
-    ) -> Page:
-        grid = align(span, window, zone)
+    async def read(self, query: PageQuery) -> Page:
         # The zone is part of every key: it moves 1d windows, and (refused or not) it is a
         # parameter a caller chose, so two zones never share an answer.
-        key = ("w", device_id, window, zone.key, grid.start_ms, grid.end_ms, metric, limit, cursor)
-        return await self._get(
-            key, lambda: self._inner.windows(device_id, window, grid, metric, limit, cursor, zone=zone)
-        )
+        if query.span is not None:
+            query = replace(query, span=align(query.span, query.window, query.zone))
+        return await self._get(query, lambda: self._inner.read(query))
 
-    async def totals(self, device_id: str, metric: str | None, limit: int, cursor: Cursor | None) -> Page:
-        key = ("all", device_id, metric, limit, cursor)
-        return await self._get(key, lambda: self._inner.totals(device_id, metric, limit, cursor))
-
-    async def _get(self, key: Hashable, load: Load) -> Page:
+    async def _get(self, key: PageQuery, load: Load) -> Page:
         cached = self._answers.get(key)
         now = time.monotonic()
         if cached is not None:
-            page, fetched, _ = cached
+            page, fetched = cached
             age = now - fetched
             if age < self._ttl_s:
                 self.hits += 1
@@ -124,13 +107,13 @@ class CachedReader:
         # not cancel the read the others wait for.
         return await asyncio.shield(read)
 
-    def _start(self, key: Hashable, load: Load) -> asyncio.Future[Page]:
+    def _start(self, key: PageQuery, load: Load) -> asyncio.Future[Page]:
         read = asyncio.ensure_future(self._encoded(key, load()))
         self._loading[key] = read
         read.add_done_callback(lambda done: self._settle(key, done))
         return read
 
-    async def _encoded(self, key: Hashable, read: Coroutine[object, object, Page]) -> Page:
+    async def _encoded(self, key: PageQuery, read: Coroutine[object, object, Page]) -> Page:
         """The page with its items encoded once, rather than on every answer it serves."""
         page = await read
         data = orjson.dumps(page.items)
@@ -138,7 +121,7 @@ class CachedReader:
             self._sizes[key] = len(data)
         return replace(page, encoded_items=orjson.Fragment(data))
 
-    def _settle(self, key: Hashable, read: asyncio.Future[Page]) -> None:
+    def _settle(self, key: PageQuery, read: asyncio.Future[Page]) -> None:
         del self._loading[key]
         size = self._sizes.pop(key, None)
         # Errors are not kept: the waiters see this one, the next request reads again.
@@ -147,18 +130,8 @@ class CachedReader:
         if size is None:
             return  # served to its waiters, not kept: large pages must not crowd out the polls
         page = read.result()
-        self._drop(key)
         cost = size + _ITEM_BYTES * len(page.items) + _ENTRY_BYTES
-        self._answers[key] = (page, time.monotonic(), cost)
-        self.bytes += cost
-        while len(self._answers) > self._max_entries or self.bytes > self._budget_bytes:
-            _, (_, _, freed) = self._answers.popitem(last=False)
-            self.bytes -= freed
-
-    def _drop(self, key: Hashable) -> None:
-        old = self._answers.pop(key, None)
-        if old is not None:
-            self.bytes -= old[2]
+        self._answers.keep(key, (page, time.monotonic()), cost)
 
 
 # What a kept page costs besides its JSON: its items as Python dicts (measured ~400 bytes per

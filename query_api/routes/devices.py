@@ -8,17 +8,14 @@ from that list (keyset: the cursor is the last id of the previous page). `lastSe
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import bisect
 import re
-import time
 from dataclasses import dataclass
 from typing import Annotated, Any, Protocol
 
 import orjson
-from cassandra.query import PreparedStatement
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel
 
@@ -26,7 +23,8 @@ from gateway import registry
 from gateway.contract import DEVICE_ID_PATTERN
 from query_api.db import CassandraStore
 from query_api.deps import PrincipalDep, StateDep
-from query_api.errors import BadInput, DependencyDown
+from query_api.errors import BadInput
+from query_api.listings import LazyStatements, TenantListings, app_reader
 from query_api.repository import iso
 from query_api.schemas import ErrorBody
 
@@ -35,7 +33,6 @@ router = APIRouter(tags=["devices"])
 MAX_DEVICES_LIMIT = 1000
 # A registry larger than this per tenant wants token-range paging instead of one read.
 _MAX_LISTED = 100_000
-_LISTING_CACHE_S = 2.0
 _DEVICE_ID = re.compile(DEVICE_ID_PATTERN)
 
 
@@ -69,50 +66,37 @@ class DeviceDirectory(Protocol):
 class RegistryDirectory:
     def __init__(self, store: CassandraStore) -> None:
         self._store = store
-        self._statements: dict[str, PreparedStatement] = {}
-        self._lock = asyncio.Lock()
-        self._cache: dict[str | None, tuple[list[DeviceRow], float]] = {}
-
-    async def _prepared(self, name: str) -> PreparedStatement:
-        if not self._statements:
-            async with self._lock:
-                if not self._statements:
-                    columns = f"SELECT device_id, tenant, toUnixTimestamp(created_at) FROM {registry.TABLE}"
-                    prepared = {
-                        "all": await self._store.prepare(f"{columns} LIMIT {_MAX_LISTED}"),
-                        "tenant": await self._store.prepare(
-                            f"{columns} WHERE tenant = ? LIMIT {_MAX_LISTED}"
-                        ),
-                        "seen": await self._store.prepare(
-                            "SELECT device_id, toUnixTimestamp(last_ts) FROM agg_all WHERE device_id IN ?"
-                        ),
-                    }
-                    self._statements = prepared
-        return self._statements[name]
+        columns = f"SELECT device_id, tenant, toUnixTimestamp(created_at) FROM {registry.TABLE}"
+        self._statements = LazyStatements(
+            store,
+            {
+                "all": f"{columns} LIMIT {_MAX_LISTED}",
+                "tenant": f"{columns} WHERE tenant = ? LIMIT {_MAX_LISTED}",
+                "seen": "SELECT device_id, toUnixTimestamp(last_ts) FROM agg_all WHERE device_id IN ?",
+            },
+        )
+        self._listings: TenantListings[list[DeviceRow]] = TenantListings()
 
     async def listing(self, tenant: str | None) -> list[DeviceRow]:
         """Every device of `tenant` (None: of every tenant), sorted by id; reused briefly."""
-        now = time.monotonic()
-        cached = self._cache.get(tenant)
-        if cached is not None and cached[1] > now:
-            return cached[0]
+        devices = self._listings.get(tenant)
+        if devices is not None:
+            return devices
         if tenant is None:
-            rows = await self._store.execute(await self._prepared("all"), ())
+            rows = await self._store.execute(await self._statements.get("all"), ())
         else:
-            rows = await self._store.execute(await self._prepared("tenant"), (tenant,))
+            rows = await self._store.execute(await self._statements.get("tenant"), (tenant,))
         devices = sorted(
             (DeviceRow(device_id, owner, created) for device_id, owner, created in rows if owner),
             key=lambda row: row.device_id,
         )
-        if len(self._cache) >= 1000:
-            self._cache.clear()
-        self._cache[tenant] = (devices, now + _LISTING_CACHE_S)
+        self._listings.keep(tenant, devices)
         return devices
 
     async def last_seen(self, device_ids: list[str]) -> dict[str, int]:
         if not device_ids:
             return {}
-        rows = await self._store.execute(await self._prepared("seen"), (device_ids,))
+        rows = await self._store.execute(await self._statements.get("seen"), (device_ids,))
         seen: dict[str, int] = {}
         for device_id, last_ts in rows:
             if last_ts is not None and last_ts > seen.get(device_id, -1):
@@ -121,13 +105,7 @@ class RegistryDirectory:
 
 
 async def get_directory(request: Request, state: StateDep) -> DeviceDirectory:
-    directory: DeviceDirectory | None = getattr(request.app.state, "device_directory", None)
-    if directory is None:
-        if state.store is None:
-            raise DependencyDown("the device registry is not configured")
-        directory = RegistryDirectory(state.store)
-        request.app.state.device_directory = directory
-    return directory
+    return app_reader(request, state, "device_directory", RegistryDirectory)
 
 
 DirectoryDep = Annotated[DeviceDirectory, Depends(get_directory)]

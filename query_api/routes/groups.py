@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from typing import Annotated, Any, Protocol
 
 import orjson
-from cassandra.query import PreparedStatement
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel
 
@@ -20,13 +20,13 @@ from gateway.contract import METRIC_NAME_PATTERN, TENANT_PATTERN
 from gateway.groups import GROUP_NAME_PATTERN, aggregate_key
 from query_api.db import CassandraStore
 from query_api.deps import PrincipalDep, RepositoryDep, StateDep
-from query_api.errors import BadInput, DependencyDown, NotFound
-from query_api.params import MAX_LIMIT, Cursor, Window, check_zone, parse_window, parse_zone, time_range
+from query_api.errors import BadInput, NotFound
+from query_api.listings import LazyStatements, TenantListings, app_reader
+from query_api.params import MAX_LIMIT, page_query
 from query_api.schemas import ErrorBody
 
 router = APIRouter(tags=["groups"])
 
-_LISTING_CACHE_S = 2.0
 _TIME_HELP = "RFC 3339 with offset (2026-11-24T10:00:00Z) or epoch milliseconds"
 
 
@@ -51,62 +51,42 @@ class CassandraGroups:
 
     def __init__(self, store: CassandraStore) -> None:
         self._store = store
-        self._statements: dict[str, PreparedStatement] = {}
-        self._lock = asyncio.Lock()
-        self._cache: dict[str | None, tuple[list[dict[str, Any]], float]] = {}
-
-    async def _prepared(self, name: str) -> PreparedStatement:
-        if not self._statements:
-            async with self._lock:
-                if not self._statements:
-                    self._statements = {
-                        "all": await self._store.prepare("SELECT tenant, name FROM device_groups"),
-                        "tenant": await self._store.prepare(
-                            "SELECT tenant, name FROM device_groups WHERE tenant = ?"
-                        ),
-                        "owners": await self._store.prepare(
-                            "SELECT tenant FROM device_groups WHERE name = ? ALLOW FILTERING"
-                        ),
-                        "size": await self._store.prepare(
-                            "SELECT count(*) FROM group_members WHERE tenant = ? AND name = ?"
-                        ),
-                    }
-        return self._statements[name]
+        self._statements = LazyStatements(
+            store,
+            {
+                "all": "SELECT tenant, name FROM device_groups",
+                "tenant": "SELECT tenant, name FROM device_groups WHERE tenant = ?",
+                "owners": "SELECT tenant FROM device_groups WHERE name = ? ALLOW FILTERING",
+                "size": "SELECT count(*) FROM group_members WHERE tenant = ? AND name = ?",
+            },
+        )
+        self._listings: TenantListings[list[dict[str, Any]]] = TenantListings()
 
     async def listing(self, tenant: str | None) -> list[dict[str, Any]]:
-        now = time.monotonic()
-        cached = self._cache.get(tenant)
-        if cached is not None and cached[1] > now:
-            return cached[0]
+        items = self._listings.get(tenant)
+        if items is not None:
+            return items
         if tenant is None:
-            rows = await self._store.execute(await self._prepared("all"), ())
+            rows = await self._store.execute(await self._statements.get("all"), ())
         else:
-            rows = await self._store.execute(await self._prepared("tenant"), (tenant,))
-        size = await self._prepared("size")
+            rows = await self._store.execute(await self._statements.get("tenant"), (tenant,))
+        size = await self._statements.get("size")
         counts = await asyncio.gather(*(self._store.execute(size, (t, n)) for t, n in rows))
         items = sorted(
             ({"group": name, "tenant": owner, "devices": int(count[0][0]) if count else 0}
              for (owner, name), count in zip(rows, counts, strict=True)),
             key=lambda item: (item["tenant"], item["group"]),
         )
-        if len(self._cache) >= 1000:
-            self._cache.clear()
-        self._cache[tenant] = (items, now + _LISTING_CACHE_S)
+        self._listings.keep(tenant, items)
         return items
 
     async def owners(self, name: str) -> list[str]:
-        rows = await self._store.execute(await self._prepared("owners"), (name,))
+        rows = await self._store.execute(await self._statements.get("owners"), (name,))
         return sorted(row[0] for row in rows)
 
 
 async def get_groups(request: Request, state: StateDep) -> GroupDirectory:
-    directory: GroupDirectory | None = getattr(request.app.state, "group_directory", None)
-    if directory is None:
-        if state.store is None:
-            raise DependencyDown("the group tables are not configured")
-        directory = CassandraGroups(state.store)
-        request.app.state.group_directory = directory
-    return directory
+    return app_reader(request, state, "group_directory", CassandraGroups)
 
 
 GroupsDep = Annotated[GroupDirectory, Depends(get_groups)]
@@ -169,22 +149,18 @@ async def group_windows(
     ] = None,
 ) -> Response:
     """Like /query/{deviceId}/{window}, over every reading of the group's devices."""
-    kind = parse_window(window)
-    zone = parse_zone(tz)
-    span = time_range(kind, from_, to, int(time.time() * 1000)) if kind is not Window.ALL else None
-    if span is not None:
-        check_zone(kind, zone, span)
-    position = Cursor.decode(cursor) if cursor is not None else None
+    # Every parameter is checked before the group is looked up; its key is known after that.
+    query = page_query(
+        "",
+        window,
+        from_=from_,
+        to=to,
+        metric=metric,
+        limit=limit,
+        cursor=cursor,
+        tz=tz,
+        now_ms=int(time.time() * 1000),
+    )
     owner = await owning_tenant(principal, groups, group, tenant)
-    key = aggregate_key(owner, group)
-    if span is None:
-        page = await repository.totals(key, metric, limit, position)
-    else:
-        page = await repository.windows(key, kind, span, metric, limit, position, zone=zone)
-    body = {
-        "group": group,
-        "window": kind.value,
-        "items": page.items if page.encoded_items is None else page.encoded_items,
-        "next": page.next_cursor,
-    }
-    return Response(orjson.dumps(body), media_type="application/json")
+    page = await repository.read(replace(query, key=aggregate_key(owner, group)))
+    return Response(page.json(group=group, window=query.window.value), media_type="application/json")

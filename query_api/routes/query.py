@@ -14,23 +14,12 @@ import re
 import time
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, Request, Response
 
 from gateway.contract import DEVICE_ID_PATTERN, METRIC_NAME_PATTERN
 from query_api.auth import Principal
 from query_api.errors import AuthFailure, BadInput, NotFound, Unauthorized
-from query_api.params import (
-    MAX_LIMIT,
-    Cursor,
-    Window,
-    check_device_id,
-    check_metric,
-    check_zone,
-    parse_window,
-    parse_zone,
-    time_range,
-)
+from query_api.params import MAX_LIMIT, Window, check_device_id, page_query
 from query_api.schemas import ErrorBody, QueryResponse
 from query_api.state import AppState
 
@@ -121,32 +110,23 @@ async def query(request: Request) -> Response:
     stored 1m and 1h rows. At most `limit` items; `next` pages on."""
     state: AppState = request.app.state.iot
     principal = await _principal(state, request.headers.get("authorization"))
-    device_id: str = request.path_params["deviceId"]
-    check_device_id(device_id)
-    kind = parse_window(request.path_params["window"])
+    device_id = check_device_id(request.path_params["deviceId"])
     values = _query_values(request)
-    metric = check_metric(values.get("metric"))
-    limit = _limit(values.get("limit"))
-    zone = parse_zone(values.get("tz"))
-    span = None
-    if kind is not Window.ALL:
-        span = time_range(kind, values.get("from"), values.get("to"), int(time.time() * 1000))
-        check_zone(kind, zone, span)
-    cursor = values.get("cursor")
-    position = Cursor.decode(cursor) if cursor is not None else None
+    query = page_query(
+        device_id,
+        request.path_params["window"],
+        from_=values.get("from"),
+        to=values.get("to"),
+        metric=values.get("metric"),
+        limit=_limit(values.get("limit")),
+        cursor=values.get("cursor"),
+        tz=values.get("tz"),
+        now_ms=int(time.time() * 1000),
+    )
     repository = state.repository
     tenant = await repository.tenant_of(device_id)
     # Another tenant's device answers exactly like a missing one: existence is not disclosed.
     if tenant is None or not principal.may_read(tenant):
         raise NotFound(f"device {device_id} not found")
-    if span is None:
-        page = await repository.totals(device_id, metric, limit, position)
-    else:
-        page = await repository.windows(device_id, kind, span, metric, limit, position, zone=zone)
-    body = {
-        "deviceId": device_id,
-        "window": kind.value,
-        "items": page.items if page.encoded_items is None else page.encoded_items,
-        "next": page.next_cursor,
-    }
-    return Response(orjson.dumps(body), media_type="application/json")
+    page = await repository.read(query)
+    return Response(page.json(deviceId=device_id, window=query.window.value), media_type="application/json")

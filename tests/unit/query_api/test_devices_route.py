@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import jwt
 import pytest
@@ -14,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from query_api.config import QueryApiSettings
 from query_api.main import create_app
-from query_api.params import UTC_ZONE, Cursor, TimeRange, Window
+from query_api.params import PageQuery
 from query_api.repository import Page
 from query_api.routes.devices import DeviceRow, decode_cursor, encode_cursor
 
@@ -48,19 +47,7 @@ class NoAggregates:
     async def tenant_of(self, device_id: str) -> str | None:
         return None
 
-    async def windows(
-        self,
-        device_id: str,
-        window: Window,
-        span: TimeRange,
-        metric: str | None,
-        limit: int,
-        cursor: Cursor | None,
-        zone: ZoneInfo = UTC_ZONE,
-    ) -> Page:
-        return Page([], None)
-
-    async def totals(self, device_id: str, metric: str | None, limit: int, cursor: Cursor | None) -> Page:
+    async def read(self, query: PageQuery) -> Page:
         return Page([], None)
 
 

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 
 from query_api.config import QueryApiSettings
 from query_api.main import create_app
-from query_api.params import Cursor, TimeRange, Window
+from query_api.params import Cursor, PageQuery
 from query_api.repository import Page
 
 SETTINGS = QueryApiSettings(keycloak_url="http://keycloak.test", jwks_min_refresh_s=0.0)
@@ -64,17 +64,10 @@ class FakeRepository:
     async def tenant_of(self, device_id: str) -> str | None:
         return self.tenants.get(device_id)
 
-    async def windows(
-        self,
-        device_id: str,
-        window: Window,
-        span: TimeRange,
-        metric: str | None,
-        limit: int,
-        cursor: Cursor | None,
-        zone: Any = None,
-    ) -> Page:
-        self.calls.append((device_id, window, span, metric, limit, cursor))
+    async def read(self, query: PageQuery) -> Page:
+        if query.span is None:
+            return Page([], None)
+        self.calls.append((query.key, query.window, query.span, query.metric, query.limit, query.cursor))
         item = {
             "windowStart": "2026-11-24T10:00:00Z",
             "windowEnd": "2026-11-24T10:01:00Z",
@@ -85,10 +78,7 @@ class FakeRepository:
             "max": 22.9,
             "avg": 21.5,
         }
-        return Page([item], Cursor(1, "temperature").encode() if limit == 1 else None)
-
-    async def totals(self, device_id: str, metric: str | None, limit: int, cursor: Cursor | None) -> Page:
-        return Page([], None)
+        return Page([item], Cursor(1, "temperature").encode() if query.limit == 1 else None)
 
 
 class Keys:

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from query_api.params import MINUTE_MS, Cursor, TimeRange, Window, align
+from query_api.bounded import CacheLimits
+from query_api.params import MINUTE_MS, PageQuery, TimeRange, Window, align
 from query_api.repository import Page
 from query_api.result_cache import CachedReader
 
@@ -22,24 +23,11 @@ class CountingReader:
     async def tenant_of(self, device_id: str) -> str | None:
         return "tenant-a"
 
-    async def windows(
-        self,
-        device_id: str,
-        window: Window,
-        span: TimeRange,
-        metric: str | None,
-        limit: int,
-        cursor: Cursor | None,
-        zone: object = None,
-    ) -> Page:
-        self.calls.append((device_id, window, span, metric, limit, cursor))
+    async def read(self, query: PageQuery) -> Page:
+        self.calls.append((query.key, query.window, query.span, query.metric, query.limit, query.cursor))
         await asyncio.sleep(self.delay_s)
         if self.fail:
             raise RuntimeError("down")
-        return Page([{"n": len(self.calls)}], None)
-
-    async def totals(self, device_id: str, metric: str | None, limit: int, cursor: Cursor | None) -> Page:
-        self.calls.append((device_id, metric, limit, cursor))
         return Page([{"n": len(self.calls)}], None)
 
 
@@ -59,45 +47,45 @@ def test_align_selects_the_same_window_starts(start: int, end: int) -> None:
 
 async def test_the_same_read_within_the_ttl_is_answered_from_memory() -> None:
     inner = CountingReader()
-    cached = CachedReader(inner, ttl_s=60, max_entries=10)
-    first = await cached.windows("d", Window.ONE_MINUTE, TimeRange(0, 60_001), None, 10, None)
+    cached = CachedReader(inner, CacheLimits(ttl_s=60, max_entries=10))
+    first = await cached.read(PageQuery("d", Window.ONE_MINUTE, TimeRange(0, 60_001), None, 10, None))
     # Another millisecond, the same windows: the same key.
-    again = await cached.windows("d", Window.ONE_MINUTE, TimeRange(0, 60_002), None, 10, None)
+    again = await cached.read(PageQuery("d", Window.ONE_MINUTE, TimeRange(0, 60_002), None, 10, None))
     assert again is first and len(inner.calls) == 1
     assert inner.calls[0][2] == TimeRange(0, 120_000)
-    await cached.windows("d", Window.ONE_MINUTE, TimeRange(0, 60_002), "temperature", 10, None)
-    await cached.totals("d", None, 10, None)
+    await cached.read(PageQuery("d", Window.ONE_MINUTE, TimeRange(0, 60_002), "temperature", 10, None))
+    await cached.read(PageQuery("d", Window.ALL, None, None, 10, None))
     assert len(inner.calls) == 3 and (cached.hits, cached.misses) == (1, 3)
 
 
 async def test_answers_expire() -> None:
     inner = CountingReader()
-    cached = CachedReader(inner, ttl_s=0.05, max_entries=10)
-    await cached.totals("d", None, 10, None)
+    cached = CachedReader(inner, CacheLimits(ttl_s=0.05, max_entries=10))
+    await cached.read(PageQuery("d", Window.ALL, None, None, 10, None))
     await asyncio.sleep(0.11)
-    page = await cached.totals("d", None, 10, None)
+    page = await cached.read(PageQuery("d", Window.ALL, None, None, 10, None))
     assert page.items == [{"n": 2}]
 
 
 async def test_a_stale_answer_is_served_while_a_refresh_runs_behind_it() -> None:
     inner = CountingReader()
-    cached = CachedReader(inner, ttl_s=0.2, max_entries=10)
-    await cached.totals("d", None, 10, None)
+    cached = CachedReader(inner, CacheLimits(ttl_s=0.2, max_entries=10))
+    await cached.read(PageQuery("d", Window.ALL, None, None, 10, None))
     await asyncio.sleep(0.25)
-    stale = await cached.totals("d", None, 10, None)
+    stale = await cached.read(PageQuery("d", Window.ALL, None, None, 10, None))
     assert stale.items == [{"n": 1}]
     await asyncio.sleep(0.01)
-    fresh = await cached.totals("d", None, 10, None)
+    fresh = await cached.read(PageQuery("d", Window.ALL, None, None, 10, None))
     assert fresh.items == [{"n": 2}] and len(inner.calls) == 2
 
 
 async def test_concurrent_misses_share_one_read_and_survive_a_cancelled_caller() -> None:
     inner = CountingReader(delay_s=0.05)
-    cached = CachedReader(inner, ttl_s=60, max_entries=10)
+    cached = CachedReader(inner, CacheLimits(ttl_s=60, max_entries=10))
     span = TimeRange(0, 60_000)
-    first = asyncio.ensure_future(cached.windows("d", Window.ONE_MINUTE, span, None, 10, None))
+    first = asyncio.ensure_future(cached.read(PageQuery("d", Window.ONE_MINUTE, span, None, 10, None)))
     await asyncio.sleep(0)
-    others = [cached.windows("d", Window.ONE_MINUTE, span, None, 10, None) for _ in range(5)]
+    others = [cached.read(PageQuery("d", Window.ONE_MINUTE, span, None, 10, None)) for _ in range(5)]
     first.cancel()
     pages = await asyncio.gather(*others)
     assert len(inner.calls) == 1 and all(page is pages[0] for page in pages)
@@ -106,49 +94,49 @@ async def test_concurrent_misses_share_one_read_and_survive_a_cancelled_caller()
 async def test_errors_are_not_kept() -> None:
     inner = CountingReader()
     inner.fail = True
-    cached = CachedReader(inner, ttl_s=60, max_entries=10)
+    cached = CachedReader(inner, CacheLimits(ttl_s=60, max_entries=10))
     span = TimeRange(0, 60_000)
     with pytest.raises(RuntimeError):
-        await cached.windows("d", Window.ONE_MINUTE, span, None, 10, None)
+        await cached.read(PageQuery("d", Window.ONE_MINUTE, span, None, 10, None))
     inner.fail = False
-    await cached.windows("d", Window.ONE_MINUTE, span, None, 10, None)
+    await cached.read(PageQuery("d", Window.ONE_MINUTE, span, None, 10, None))
     assert len(inner.calls) == 2
 
 
 async def test_the_oldest_answer_goes_first_when_full() -> None:
     inner = CountingReader()
-    cached = CachedReader(inner, ttl_s=60, max_entries=2)
+    cached = CachedReader(inner, CacheLimits(ttl_s=60, max_entries=2))
     for device in ("a", "b", "c", "a"):
-        await cached.totals(device, None, 10, None)
+        await cached.read(PageQuery(device, Window.ALL, None, None, 10, None))
     assert [call[0] for call in inner.calls] == ["a", "b", "c", "a"]
     assert cached.ready is True
 
 
 async def test_a_page_larger_than_the_bound_is_served_but_not_kept() -> None:
     inner = CountingReader()
-    cached = CachedReader(inner, ttl_s=60, max_entries=10, max_bytes=5)
-    first = await cached.totals("d", None, 10, None)
-    again = await cached.totals("d", None, 10, None)
+    cached = CachedReader(inner, CacheLimits(ttl_s=60, max_entries=10, max_bytes=5))
+    first = await cached.read(PageQuery("d", Window.ALL, None, None, 10, None))
+    again = await cached.read(PageQuery("d", Window.ALL, None, None, 10, None))
     assert first.items == [{"n": 1}] and again.items == [{"n": 2}]
 
 
 async def test_the_oldest_answers_go_first_when_over_the_byte_budget() -> None:
     inner = CountingReader()
-    cached = CachedReader(inner, ttl_s=60, max_entries=1_000, budget_bytes=3_000)
+    cached = CachedReader(inner, CacheLimits(ttl_s=60, max_entries=1_000, budget_bytes=3_000))
     for device in [f"d{n}" for n in range(20)]:
-        await cached.totals(device, None, 10, None)
+        await cached.read(PageQuery(device, Window.ALL, None, None, 10, None))
     assert 0 < cached.bytes <= 3_000
     assert 0 < cached.entries < 20
     kept = cached.entries
     # The newest are the ones kept: read again without a new read.
     calls = len(inner.calls)
-    await cached.totals("d19", None, 10, None)
+    await cached.read(PageQuery("d19", Window.ALL, None, None, 10, None))
     assert len(inner.calls) == calls
     # The same key read again replaces its entry, never counts it twice.
-    cached_again = CachedReader(inner, ttl_s=0.0001, max_entries=10)
-    await cached_again.totals("x", None, 10, None)
+    cached_again = CachedReader(inner, CacheLimits(ttl_s=0.0001, max_entries=10))
+    await cached_again.read(PageQuery("x", Window.ALL, None, None, 10, None))
     one = cached_again.bytes
     await asyncio.sleep(0.001)
-    await cached_again.totals("x", None, 10, None)
+    await cached_again.read(PageQuery("x", Window.ALL, None, None, 10, None))
     assert cached_again.bytes == one and cached_again.entries == 1
     assert kept == cached.entries

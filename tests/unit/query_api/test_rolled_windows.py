@@ -20,6 +20,7 @@ from query_api.main import create_app
 from query_api.params import (
     UTC_ZONE,
     Cursor,
+    PageQuery,
     TimeRange,
     Window,
     align,
@@ -175,7 +176,7 @@ async def _read_all(
     items: list[dict[str, Any]] = []
     cursor = None
     for _ in range(10_000):
-        page = await repo.windows("dev-a", window, span, metric, limit, cursor, zone)
+        page = await repo.read(PageQuery("dev-a", window, span, metric, limit, cursor, zone))
         assert len(page.items) <= limit
         items.extend(page.items)
         if page.next_cursor is None:
@@ -285,7 +286,7 @@ def test_a_page_reads_only_the_rows_it_needs() -> None:
     async def one_page() -> int:
         repo = await _repository(store)
         before = store.reads
-        page = await repo.windows("dev-a", Window.FIVE_MINUTES, span, None, 4, None)
+        page = await repo.read(PageQuery("dev-a", Window.FIVE_MINUTES, span, None, 4, None))
         assert len(page.items) == 4 and page.next_cursor
         return store.reads - before
 
@@ -343,18 +344,9 @@ class ZoneRecorder(FakeRepository):
         super().__init__()
         self.zones: list[ZoneInfo] = []
 
-    async def windows(
-        self,
-        device_id: str,
-        window: Window,
-        span: TimeRange,
-        metric: str | None,
-        limit: int,
-        cursor: Cursor | None,
-        zone: Any = None,
-    ) -> Page:
-        self.zones.append(zone)
-        return await super().windows(device_id, window, span, metric, limit, cursor, zone)
+    async def read(self, query: PageQuery) -> Page:
+        self.zones.append(query.zone)
+        return await super().read(query)
 
 
 @pytest.fixture
