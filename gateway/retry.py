@@ -48,8 +48,14 @@ class Backoff:
         """The wait before the next attempt, counting it; RetriesExhausted past the limit."""
         if self.max_attempts is not None and self.attempts >= self.max_attempts:
             raise RetriesExhausted(f"gave up after {self.attempts} retries")
-        step = min(self.max_s, self.initial_s * self.multiplier ** min(self.attempts, _MAX_EXPONENT))
+        delay = self.delay_after(self.attempts)
         self.attempts += 1
+        return delay
+
+    def delay_after(self, attempts: int) -> float:
+        """The wait after `attempts` earlier attempts, counting nothing: for a caller that keeps
+        its own count (the supervisor counts restarts within a sliding window)."""
+        step = min(self.max_s, self.initial_s * self.multiplier ** min(attempts, _MAX_EXPONENT))
         return step * self.rng.uniform(1 - self.jitter, 1 + self.jitter)
 
     def reset(self) -> None:

@@ -16,6 +16,8 @@ from typing import Any
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gateway.retry import Backoff
+
 STATE_FILE = "supervisor.json"
 
 
@@ -30,7 +32,7 @@ class SupervisorSettings(BaseSettings):
     scan_interval_s: float = 5.0
     backoff_initial_s: float = 1.0
     backoff_max_s: float = 60.0
-    # Each delay is stretched by up to this fraction at random, so restarts do not march in step.
+    # Each delay is drawn within +-this fraction of its step, so restarts do not march in step.
     backoff_jitter: float = 0.25
     # More restarts than this within the window: give up on that process until `iot up`.
     max_restarts: int = 10
@@ -45,33 +47,34 @@ class SupervisorSettings(BaseSettings):
 
 @dataclass
 class RestartPolicy:
-    """Exponential backoff with a cap and jitter; a give-up limit per sliding window."""
+    """The delays of every stage's backoff (gateway.retry: exponential, capped, jittered), its
+    exponent the restarts still inside a sliding window; a give-up limit per window."""
 
-    initial_s: float
-    max_s: float
-    jitter: float
+    backoff: Backoff
     max_restarts: int
     window_s: float
     _attempts: deque[float] = field(default_factory=deque)
 
     @classmethod
-    def from_settings(cls, settings: SupervisorSettings) -> RestartPolicy:
-        return cls(settings.backoff_initial_s, settings.backoff_max_s, settings.backoff_jitter,
-                   settings.max_restarts, settings.restart_window_s)
+    def from_settings(cls, settings: SupervisorSettings, rng: random.Random | None = None) -> RestartPolicy:
+        backoff = Backoff(initial_s=settings.backoff_initial_s, max_s=settings.backoff_max_s,
+                          jitter=settings.backoff_jitter, rng=rng or random.Random())
+        return cls(backoff, settings.max_restarts, settings.restart_window_s)
 
     def _trim(self, now: float) -> None:
         while self._attempts and self._attempts[0] <= now - self.window_s:
             self._attempts.popleft()
 
-    def next_delay(self, now: float, rng: random.Random) -> float | None:
+    def next_delay(self, now: float) -> float | None:
         """Seconds to wait before the next attempt, recording it; None once the window's
         budget is spent (give up)."""
         self._trim(now)
         if len(self._attempts) >= self.max_restarts:
             return None
-        base = min(self.max_s, self.initial_s * 2.0 ** len(self._attempts))
+        # The window keeps the count: attempts that left it no longer lengthen the delay.
+        delay = self.backoff.delay_after(len(self._attempts))
         self._attempts.append(now)
-        return base * (1 + self.jitter * rng.random())
+        return delay
 
     def attempts_in_window(self, now: float) -> int:
         self._trim(now)

@@ -112,7 +112,8 @@ class Supervisor:
         self.flink = next((svc for svc in services if svc.name == "flink"), None)
         self.state = SupervisorState.load(stack.run_dir)
         self.state.started_at = time.time()
-        self.policies = {name: RestartPolicy.from_settings(settings) for name in [*self.targets, JOB]}
+        self.policies = {name: RestartPolicy.from_settings(settings, self.rng)
+                         for name in [*self.targets, JOB]}
         self.watched: dict[str, int] = {}
         self.pidfds: dict[str, int] = {}
         self.exits: dict[str, Any] = {}
@@ -198,7 +199,7 @@ class Supervisor:
         record.last_exit_at = time.time()
         policy = self.policies[name]
         while True:
-            delay = policy.next_delay(time.monotonic(), self.rng)
+            delay = policy.next_delay(time.monotonic())
             if delay is None:
                 record.state, record.next_attempt_at = "gave up", None
                 self.save()
@@ -324,7 +325,7 @@ class Supervisor:
 
         record = self.state.record(JOB)
         policy = self.policies[JOB]
-        delay = policy.next_delay(time.monotonic(), self.rng)
+        delay = policy.next_delay(time.monotonic())
         if delay is None:
             if record.state != "gave up":
                 record.state = "gave up"

@@ -25,6 +25,14 @@ def test_delays_double_up_to_the_cap_within_the_jitter() -> None:
         assert backoff.next_delay() <= 6.0
 
 
+def test_a_delay_for_a_count_kept_elsewhere_counts_nothing() -> None:
+    backoff = Backoff(initial_s=1.0, max_s=8.0, jitter=0.25, max_attempts=1)
+    assert 6.0 <= backoff.delay_after(3) <= 10.0
+    assert 0.75 <= backoff.delay_after(0) <= 1.25
+    assert backoff.attempts == 0
+    backoff.next_delay()  # the limit counts next_delay's attempts only
+
+
 def test_the_limit_of_attempts_and_bad_settings() -> None:
     backoff = Backoff(initial_s=0.1, max_s=1.0, max_attempts=2)
     backoff.next_delay()

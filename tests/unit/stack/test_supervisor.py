@@ -18,6 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from gateway import pki
+from gateway.retry import Backoff
 from stack import process
 from stack.config import StackSettings
 from stack.process import ProcessSpec
@@ -145,13 +146,23 @@ def test_a_crash_loop_is_given_up_with_its_exit_code(stack: StackSettings) -> No
 
 
 def test_backoff_grows_to_its_cap_with_jitter_and_gives_up_per_window() -> None:
-    policy = RestartPolicy(initial_s=1, max_s=8, jitter=0.25, max_restarts=6, window_s=100)
-    rng = random.Random(4)
-    delays = [policy.next_delay(10.0 + i, rng) for i in range(6)]
+    backoff = Backoff(initial_s=1, max_s=8, jitter=0.25, rng=random.Random(4))
+    policy = RestartPolicy(backoff, max_restarts=6, window_s=100)
+    delays = [policy.next_delay(10.0 + i) for i in range(6)]
     bases = [1, 2, 4, 8, 8, 8]
-    assert all(d is not None and base <= d <= base * 1.25 for d, base in zip(delays, bases, strict=True))
-    assert policy.next_delay(20.0, rng) is None  # budget of the window spent
-    assert policy.next_delay(111.0, rng) is not None  # the first attempts left the window
+    assert all(d is not None and base * 0.75 <= d <= base * 1.25
+               for d, base in zip(delays, bases, strict=True))
+    assert policy.next_delay(20.0) is None  # budget of the window spent
+    assert policy.next_delay(111.0) is not None  # the first attempts left the window
+    assert backoff.attempts == 0  # the window keeps the count, not the backoff
+
+
+def test_a_restart_after_the_window_emptied_starts_from_the_initial_delay() -> None:
+    policy = RestartPolicy(Backoff(initial_s=1, max_s=8, jitter=0.25), max_restarts=6, window_s=100)
+    for i in range(4):
+        policy.next_delay(float(i))
+    delay = policy.next_delay(500.0)
+    assert delay is not None and 0.75 <= delay <= 1.25
 
 
 def _crl_expiring_in(pki_dir: Path, left: dt.timedelta) -> None:
