@@ -27,6 +27,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,27 @@ def raw_python_driver(host: str, port: int, base_ms: int, total: int, concurrenc
     )
     session = cluster.connect()
     statement = session.prepare(CQL)
+
+    def send(index: int) -> Any:
+        bound = statement.bind((*read_params(index, base_ms), 10_001))
+        bound.fetch_size = None
+        return session.execute_async(bound)
+
+    try:
+        latencies, rows_seen, errors, elapsed = closed_loop(send, total, concurrency)
+    finally:
+        cluster.shutdown()
+    figures = _stats(latencies, elapsed)
+    figures.update(errors=errors, rows_per_read=min(rows_seen) if rows_seen else 0)
+    return figures
+
+
+def closed_loop(
+    send: Callable[[int], Any], total: int, concurrency: int
+) -> tuple[list[float], list[int], int, float]:
+    """Reads 0..total-1 through a python driver (`send(i)` starts read i and returns its
+    ResponseFuture), `concurrency` in flight, each finished one starting the next from the
+    driver's callback. Returns the latencies, rows per read, errors and seconds taken."""
     latencies: list[float] = []
     rows_seen: list[int] = []
     lock = threading.Lock()
@@ -100,11 +122,8 @@ def raw_python_driver(host: str, port: int, base_ms: int, total: int, concurrenc
             if index >= total:
                 return
             state["issued"] += 1
-        bound = statement.bind((*read_params(index, base_ms), 10_001))
-        bound.fetch_size = None
         sent = time.perf_counter()
-        future = session.execute_async(bound)
-        future.add_callbacks(finished, failed, callback_args=(sent,), errback_args=(sent,))
+        send(index).add_callbacks(finished, failed, callback_args=(sent,), errback_args=(sent,))
 
     def finished(rows: Any, sent: float) -> None:
         latencies.append(time.perf_counter() - sent)
@@ -124,17 +143,11 @@ def raw_python_driver(host: str, port: int, base_ms: int, total: int, concurrenc
         else:
             issue()
 
-    try:
-        started = time.perf_counter()
-        for _ in range(concurrency):
-            issue()
-        done.wait(timeout=300)
-        elapsed = time.perf_counter() - started
-    finally:
-        cluster.shutdown()
-    figures = _stats(latencies, elapsed)
-    figures.update(errors=state["errors"], rows_per_read=min(rows_seen) if rows_seen else 0)
-    return figures
+    started = time.perf_counter()
+    for _ in range(concurrency):
+        issue()
+    done.wait(timeout=600)
+    return latencies, rows_seen, state["errors"], time.perf_counter() - started
 
 
 def raw_acsylla(host: str, port: int, base_ms: int, total: int, concurrency: int) -> dict[str, Any]:
@@ -549,14 +562,52 @@ def _top(out: Path, count: int = 12) -> dict[str, Any]:
     return {"samples": total, "own_share": {k: round(v / total, 3) for k, v in ranked}, "file": str(out)}
 
 
-def run(
-    requests: int = 20_000, concurrency: int = 16, paced_rps: float = 500, paced_seconds: int = 20
+def _knobs() -> dict[str, Any]:
+    """What a run measures, from the environment (all of it by default):
+
+    - IOT_BENCH_FLEET_REQUESTS: requests of the uncached run (20,000);
+    - IOT_BENCH_FLEET_DRIVERS: the raw drivers, comma-separated (cassandra-driver,scylla-driver,acsylla);
+    - IOT_BENCH_FLEET_SHORT=1: the uncached runs and the raw drivers only (no paced, group,
+      cached, profile or libev runs), so that a run fits the time it may hold the stack;
+    - IOT_BENCH_FLEET_BASELINE_SRC: another checkout whose API runs the same uncached load in
+      the same run (before and after a change, side by side)."""
+    drivers = os.environ.get("IOT_BENCH_FLEET_DRIVERS", ",".join(("cassandra-driver", *DRIVER_PACKAGES)))
+    baseline = os.environ.get("IOT_BENCH_FLEET_BASELINE_SRC")
+    return {
+        "requests": int(os.environ.get("IOT_BENCH_FLEET_REQUESTS", "20000")),
+        "drivers": [name.strip() for name in drivers.split(",") if name.strip()],
+        "short": os.environ.get("IOT_BENCH_FLEET_SHORT") == "1",
+        "baseline": Path(baseline) if baseline else None,
+    }
+
+
+def _uncached(
+    api: Any, token: str, base_ms: int, first: int, total: int, concurrency: int, cassandra: int | None
 ) -> dict[str, Any]:
+    """The distinct-URL load on a running API after a warm-up, with both sides' CPU per request."""
+    from bench.query_api import _process_cpu_s
+
+    host, port_text = api.base.removeprefix("http://").split(":")
+    port = int(port_text)
+    # Warm-up on reads the measured runs do not repeat (the last shifts).
+    asyncio.run(_distinct_load(host, port, token, base_ms, 59 * DEVICES, 1_000, concurrency))
+    cpu, cassandra_cpu = _process_cpu_s(api.pid), _cpu_s(cassandra)
+    figures = asyncio.run(_distinct_load(host, port, token, base_ms, first, total, concurrency))
+    figures["server_cpu_ms_per_request"] = round((_process_cpu_s(api.pid) - cpu) * 1000 / total, 3)
+    if cassandra is not None:
+        figures["cassandra_cpu_ms_per_request"] = round(
+            (_cpu_s(cassandra) - cassandra_cpu) * 1000 / total, 3
+        )
+    figures["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    return figures
+
+
+def run(concurrency: int = 16, paced_rps: float = 500, paced_seconds: int = 20) -> dict[str, Any]:
     import tempfile
 
     from cassandra.cluster import Cluster
 
-    from bench.query_api import _http_load, _process_cpu_s
+    from bench.query_api import _http_load
     from gateway import endpoints
     from harness.query_api import password_token, running_api
     from harness.services import ensure_services
@@ -565,6 +616,8 @@ def run(
     from storage.config import StorageSettings
     from storage.migrate import migrate
 
+    knobs = _knobs()
+    requests: int = knobs["requests"]
     settings = StackSettings()
     figures: dict[str, Any] = {
         "benchmark": "fleet_reads",
@@ -572,6 +625,7 @@ def run(
         "api_reactor": QueryApiSettings().cassandra_reactor,
         "devices": DEVICES,
         "read": "/query/{id}/1m over one hour: 60 windows x 3 metrics",
+        "knobs": {k: str(v) if isinstance(v, Path) else v for k, v in knobs.items()},
     }
     with ensure_services({"cassandra", "keycloak"}, settings) as stack:
         cluster = Cluster(
@@ -589,21 +643,17 @@ def run(
         base_ms = now_ms - now_ms % MINUTE_MS
         token = password_token("client1")
         log_dir = Path(tempfile.mkdtemp(prefix="bench-fleet-reads-"))
+        cassandra = cassandra_pid()
+        if knobs["baseline"] is not None:
+            # Reads of other shifts than the measured run's, equally new to both APIs.
+            with running_api(log_dir / "query-api-baseline.log", source=knobs["baseline"]) as api:
+                figures["api_baseline_source_uncached"] = _uncached(
+                    api, token, base_ms, requests, requests, concurrency, cassandra
+                )
         with running_api(log_dir / "query-api.log") as api:
             host, port_text = api.base.removeprefix("http://").split(":")
             port = int(port_text)
-            # Warm-up on reads the measured runs do not repeat (the last shifts).
-            asyncio.run(_distinct_load(host, port, token, base_ms, 59 * DEVICES, 1_000, concurrency))
-            cassandra = cassandra_pid()
-            cpu, cassandra_cpu = _process_cpu_s(api.pid), _cpu_s(cassandra)
-            uncached = asyncio.run(_distinct_load(host, port, token, base_ms, 0, requests, concurrency))
-            uncached["server_cpu_ms_per_request"] = round(
-                (_process_cpu_s(api.pid) - cpu) * 1000 / requests, 3
-            )
-            if cassandra is not None:
-                uncached["cassandra_cpu_ms_per_request"] = round(
-                    (_cpu_s(cassandra) - cassandra_cpu) * 1000 / requests, 3
-                )
+            uncached = _uncached(api, token, base_ms, 0, requests, concurrency, cassandra)
             # More connections keep more reads in flight to Cassandra, as the raw drivers do.
             wide = asyncio.run(
                 _distinct_load(host, port, token, base_ms, 30 * DEVICES, 10_000, 4 * concurrency)
@@ -614,60 +664,76 @@ def run(
                 name: _raw_driver(
                     name, settings.stack_dir, stack.cassandra_port, base_ms, min(requests, 10_000)
                 )
-                for name in ("cassandra-driver", *DRIVER_PACKAGES)
+                for name in knobs["drivers"]
             }
             figures["raw_drivers"] = raw
             best = max((r["best_rps"] or 0 for r in raw.values() if "best_rps" in r), default=0)
             figures["raw_best_rps"] = best
-            paced = asyncio.run(
-                _distinct_load(
-                    host,
-                    port,
-                    token,
-                    base_ms,
-                    requests,
-                    int(paced_rps * paced_seconds),
-                    concurrency,
-                    rate=paced_rps,
+            if not knobs["short"]:
+                _the_rest(figures, api, token, base_ms, requests, concurrency, paced_rps, paced_seconds)
+                figures["api_one_worker_cached_same_url"] = asyncio.run(
+                    _http_load(host, port, f"/query/{PREFIX}0000/1m", token, requests, concurrency)
                 )
-            )
-            figures["group_of_1000_last_hour"] = asyncio.run(_group_reads(host, port, token, base_ms))
-            device = f"{PREFIX}0000"
-            cached = asyncio.run(_http_load(host, port, f"/query/{device}/1m", token, requests, concurrency))
-            # Profiled apart from the measured runs (the sampler costs the API CPU too), on
-            # reads none of them made.
-            profile_out = log_dir / "py-spy.txt"
-            spy = _profile(api.pid, 8, profile_out, settings.stack_dir)
-            if "process" in spy:
-                asyncio.run(_distinct_load(host, port, token, base_ms, 40 * DEVICES, 6_000, concurrency))
-                _, err = spy["process"].communicate(timeout=60)
-                figures["profile_uncached"] = _top(profile_out)
-                if err:
-                    figures["profile_uncached"]["py_spy_said"] = err.decode()[-300:]
-            else:
-                figures["profile_uncached"] = spy
-        # The same uncached load with the driver's own reactor thread (the API's former setting).
-        with running_api(log_dir / "query-api-libev.log", {"IOT_CASSANDRA_REACTOR": "libev"}) as api:
-            host, port_text = api.base.removeprefix("http://").split(":")
-            port = int(port_text)
-            asyncio.run(_distinct_load(host, port, token, base_ms, 59 * DEVICES, 1_000, concurrency))
-            cpu = _process_cpu_s(api.pid)
-            libev = asyncio.run(_distinct_load(host, port, token, base_ms, 50 * DEVICES, 8_000, concurrency))
-            libev["server_cpu_ms_per_request"] = round((_process_cpu_s(api.pid) - cpu) * 1000 / 8_000, 3)
-        figures["api_one_worker_uncached_libev_reactor"] = libev
+                # Profiled apart from the measured runs (the sampler costs the API CPU too), on
+                # reads none of them made.
+                profile_out = log_dir / "py-spy.txt"
+                spy = _profile(api.pid, 8, profile_out, settings.stack_dir)
+                if "process" in spy:
+                    asyncio.run(_distinct_load(host, port, token, base_ms, 40 * DEVICES, 6_000, concurrency))
+                    _, err = spy["process"].communicate(timeout=60)
+                    figures["profile_uncached"] = _top(profile_out)
+                    if err:
+                        figures["profile_uncached"]["py_spy_said"] = err.decode()[-300:]
+                else:
+                    figures["profile_uncached"] = spy
+        if not knobs["short"]:
+            # The same uncached load with the driver's own reactor thread.
+            with running_api(log_dir / "query-api-libev.log", {"IOT_CASSANDRA_REACTOR": "libev"}) as api:
+                figures["api_one_worker_uncached_libev_reactor"] = _uncached(
+                    api, token, base_ms, 50 * DEVICES, 8_000, concurrency, cassandra
+                )
         figures["api_one_worker_uncached"] = uncached
-        figures["api_one_worker_uncached_paced"] = paced
-        figures["api_one_worker_cached_same_url"] = cached
         top = max(uncached["rps"], wide["rps"])
         figures["uncached_vs_raw_best"] = round(top / best, 3) if best else None
-        figures["targets"] = {
+        targets = {
             "uncached_rps>=1000": top >= 1_000,
             "uncached>=80%_of_raw": bool(best) and top >= 0.8 * best,
-            f"p99<50ms_at_{paced_rps:g}_paced": paced["p99_ms"] < 50,
-            "group_of_1000_p99<50ms": figures["group_of_1000_last_hour"]["p99_ms"] < 50,
         }
+        if not knobs["short"]:
+            paced = figures["api_one_worker_uncached_paced"]
+            targets[f"p99<50ms_at_{paced_rps:g}_paced"] = paced["p99_ms"] < 50
+            targets["group_of_1000_p99<50ms"] = figures["group_of_1000_last_hour"]["p99_ms"] < 50
+        figures["targets"] = targets
         figures["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     return figures
+
+
+def _the_rest(
+    figures: dict[str, Any],
+    api: Any,
+    token: str,
+    base_ms: int,
+    requests: int,
+    concurrency: int,
+    paced_rps: float,
+    paced_seconds: int,
+) -> None:
+    """The paced load and the group's reads, on the API of the measured run."""
+    host, port_text = api.base.removeprefix("http://").split(":")
+    port = int(port_text)
+    figures["api_one_worker_uncached_paced"] = asyncio.run(
+        _distinct_load(
+            host,
+            port,
+            token,
+            base_ms,
+            requests,
+            int(paced_rps * paced_seconds),
+            concurrency,
+            rate=paced_rps,
+        )
+    )
+    figures["group_of_1000_last_hour"] = asyncio.run(_group_reads(host, port, token, base_ms))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ import logging
 import os
 import statistics
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -25,6 +24,7 @@ from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, S
 from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 from cassandra.query import tuple_factory
 
+from bench.fleet_reads import closed_loop
 from gateway import endpoints
 from harness.query_api import (
     insert_windows,
@@ -157,44 +157,11 @@ def _driver_load(
     )
     bucket = time.strftime("%Y-%m", time.gmtime(start_ms / 1000))
     params = (device, bucket, start_ms, end_ms, 10_001)
-    latencies: list[float] = []
-    lock = threading.Lock()
-    done = threading.Event()
-    state = {"issued": 0, "finished": 0, "errors": 0}
-
-    def issue() -> None:
-        with lock:
-            if state["issued"] >= total:
-                return
-            state["issued"] += 1
-        sent = time.perf_counter()
-        future = session.execute_async(statement, params, execution_profile="bench")
-        future.add_callbacks(finished, failed, callback_args=(sent,), errback_args=(sent,))
-
-    def finished(rows: Any, sent: float) -> None:
-        latencies.append(time.perf_counter() - sent)
-        complete()
-
-    def failed(exc: BaseException, sent: float) -> None:
-        state["errors"] += 1
-        complete()
-
-    def complete() -> None:
-        with lock:
-            state["finished"] += 1
-            last = state["finished"] >= total
-        if last:
-            done.set()
-        else:
-            issue()
-
-    started = time.perf_counter()
-    for _ in range(concurrency):
-        issue()
-    done.wait(timeout=600)
-    elapsed = time.perf_counter() - started
-    if state["errors"]:
-        raise RuntimeError(f"{state['errors']} driver errors")
+    latencies, _, errors, elapsed = closed_loop(
+        lambda _: session.execute_async(statement, params, execution_profile="bench"), total, concurrency
+    )
+    if errors:
+        raise RuntimeError(f"{errors} driver errors")
     return _figures(latencies, elapsed)
 
 

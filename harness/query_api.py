@@ -167,8 +167,11 @@ class RunningApi(NamedTuple):
 
 
 @contextlib.contextmanager
-def running_api(log_file: Path, extra_env: dict[str, str] | None = None) -> Iterator[RunningApi]:
-    """`python -m query_api` on a free port until the block ends; yields its URL and pid."""
+def running_api(
+    log_file: Path, extra_env: dict[str, str] | None = None, source: Path | None = None
+) -> Iterator[RunningApi]:
+    """`python -m query_api` on a free port until the block ends; yields its URL and pid.
+    `source`: the API of another checkout (a benchmark's baseline), this venv's packages."""
     port = free_port()
     env = {
         **os.environ,
@@ -176,9 +179,16 @@ def running_api(log_file: Path, extra_env: dict[str, str] | None = None) -> Iter
         "IOT_QUERY_API_PORT": str(port),
         **(extra_env or {}),
     }
+    if source is not None:
+        # Ahead of the editable install (its finder comes after the path); this stack's state.
+        env.update(PYTHONPATH=str(source), IOT_STACK_DIR=str(StackSettings().stack_dir))
     with open(log_file, "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "query_api"], env=env, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "query_api"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=source,
         )
     base = f"http://127.0.0.1:{port}"
     try:
