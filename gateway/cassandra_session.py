@@ -9,7 +9,12 @@ from typing import Any
 from cassandra import ConsistencyLevel
 from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, Session
-from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
+from cassandra.policies import (
+    DCAwareRoundRobinPolicy,
+    LoadBalancingPolicy,
+    TokenAwarePolicy,
+    WhiteListRoundRobinPolicy,
+)
 from cassandra.query import named_tuple_factory
 
 from gateway.settings import CassandraConnection
@@ -25,12 +30,23 @@ def build_cluster(
     settings: CassandraConnection,
     *,
     timeout_s: float | None = None,
+    connect_timeout_s: float | None = None,
     row_factory: RowFactory = named_tuple_factory,
+    contact_points_only: bool = False,
 ) -> Cluster:
-    """A Cluster not yet connected (`connect` below connects it, or call `cluster.connect`)."""
+    """A Cluster not yet connected (`connect` below connects it, or call `cluster.connect`).
+
+    timeout_s bounds each request and, unless connect_timeout_s is given, each connection
+    attempt. contact_points_only: requests go to the contact points alone, never to the nodes
+    discovered from them (a probe of one node's own readiness, not whichever node answers)."""
     timeout = settings.cassandra_timeout_s if timeout_s is None else timeout_s
+    connect_timeout = timeout if connect_timeout_s is None else connect_timeout_s
+    balancing: LoadBalancingPolicy = (
+        WhiteListRoundRobinPolicy(settings.cassandra_contact_points) if contact_points_only
+        else TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=settings.cassandra_local_dc))
+    )
     profile = ExecutionProfile(
-        load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=settings.cassandra_local_dc)),
+        load_balancing_policy=balancing,
         consistency_level=ConsistencyLevel.name_to_value[settings.cassandra_consistency],
         request_timeout=timeout,
         row_factory=row_factory,
@@ -44,8 +60,8 @@ def build_cluster(
         port=settings.cassandra_port,
         execution_profiles={EXEC_PROFILE_DEFAULT: profile},
         protocol_version=settings.cassandra_protocol_version,
-        connect_timeout=timeout,
-        control_connection_timeout=timeout,
+        connect_timeout=connect_timeout,
+        control_connection_timeout=connect_timeout,
         auth_provider=auth,
     )
 

@@ -24,12 +24,13 @@ import threading
 import time
 from collections.abc import Iterator
 
-from cassandra import AuthenticationFailed, OperationTimedOut, ProtocolVersion, Timeout, Unavailable
-from cassandra.auth import PlainTextAuthProvider
-from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, Session
-from cassandra.policies import RoundRobinPolicy, WhiteListRoundRobinPolicy
+from cassandra import AuthenticationFailed, OperationTimedOut, Timeout, Unavailable
+from cassandra.cluster import Cluster, NoHostAvailable, Session
+from pydantic import SecretStr
 
 from gateway import endpoints
+from gateway.cassandra_session import build_cluster
+from gateway.settings import CassandraConnection
 from stack import artifacts, topology
 from stack.errors import StackError
 from stack.process import ProcessSpec
@@ -337,24 +338,31 @@ class CassandraService(NodeService):
         return [self.spec(self.name, _no_mlock() + self._java(), cwd=self.home,
                           stop_timeout_s=60.0)]
 
-    def _cluster(self, credentials: tuple[str, str] | None = None, own_node: bool = False) -> Cluster:
-        if own_node:
-            # Only this node: its readiness, not whichever node answers first.
-            policy: RoundRobinPolicy = WhiteListRoundRobinPolicy([self.address])
-        else:
-            policy = RoundRobinPolicy()
-        profile = ExecutionProfile(load_balancing_policy=policy, request_timeout=10.0)
-        contact = [self.address] if self.node is not None else [endpoints.HOST]
-        return Cluster(
-            contact,
-            port=self.settings.cassandra_port,
+    def _connection(self, credentials: tuple[str, str] | None) -> CassandraConnection:
+        """How the runner reaches this node, at the address it listens on: every field stated, so
+        no IOT_CASSANDRA_* variable of the caller's environment changes it."""
+        user, password = credentials if credentials else (None, None)
+        return CassandraConnection(
+            cassandra_hosts=self.address,
+            cassandra_port=self.settings.cassandra_port,
+            cassandra_keyspace=endpoints.CASSANDRA_KEYSPACE,
+            cassandra_local_dc=None,
+            cassandra_username=user,
+            cassandra_password=SecretStr(password) if password is not None else None,
+            # The runner reads node-local tables and states schema: one replica's answer will do.
+            cassandra_consistency="LOCAL_ONE",
+            cassandra_timeout_s=10.0,
             # Cassandra 5.0 speaks v5; saying so skips the driver's noisy downgrade dance.
-            protocol_version=ProtocolVersion.V5,
-            execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+            cassandra_protocol_version=5,
+        )
+
+    def _cluster(self, credentials: tuple[str, str] | None = None, own_node: bool = False) -> Cluster:
+        return build_cluster(
+            self._connection(credentials),
             # Three nodes on two cores answer slower than one: more time for the replicated ones.
-            connect_timeout=2.0 if self.node is None else 5.0,
-            control_connection_timeout=2.0 if self.node is None else 5.0,
-            auth_provider=PlainTextAuthProvider(*credentials) if credentials else None,
+            connect_timeout_s=2.0 if self.node is None else 5.0,
+            # Only this node: its readiness, not whichever node answers first.
+            contact_points_only=own_node,
         )
 
     def _admin_credentials(self) -> tuple[str, str] | None:

@@ -77,3 +77,22 @@ def test_the_cluster_carries_credentials_consistency_and_dc() -> None:
         assert cluster.protocol_version == 4
     finally:
         cluster.shutdown()
+
+
+def test_a_cluster_may_keep_to_its_contact_points_and_connect_sooner() -> None:
+    from cassandra.cluster import EXEC_PROFILE_DEFAULT
+    from cassandra.policies import TokenAwarePolicy, WhiteListRoundRobinPolicy
+
+    settings = CassandraConnection(cassandra_hosts="127.0.0.3")
+    pinned = build_cluster(settings, timeout_s=9.0, connect_timeout_s=1.5, contact_points_only=True)
+    usual = build_cluster(settings, timeout_s=9.0)
+    try:
+        policy = pinned.profile_manager.profiles[EXEC_PROFILE_DEFAULT].load_balancing_policy
+        assert isinstance(policy, WhiteListRoundRobinPolicy)
+        assert pinned.connect_timeout == pinned.control_connection_timeout == 1.5
+        assert usual.connect_timeout == 9.0
+        assert isinstance(usual.profile_manager.profiles[EXEC_PROFILE_DEFAULT].load_balancing_policy,
+                          TokenAwarePolicy)
+    finally:
+        pinned.shutdown()
+        usual.shutdown()

@@ -113,3 +113,37 @@ def test_a_schema_statement_gives_up_after_its_patience_without_naming_the_passw
         cassandra._execute_patiently(
             _BusySession(busy=99), "CREATE ROLE r WITH PASSWORD = %s", ("secret",))
     assert "secret" not in str(failure.value)
+
+
+def test_the_runner_opens_cassandra_through_the_one_factory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The node probed alone, v5, the role's credentials, a 10 s request and a short connect
+    timeout, whatever IOT_CASSANDRA_* the caller's environment holds."""
+    from cassandra import ProtocolVersion
+    from cassandra.auth import PlainTextAuthProvider
+    from cassandra.cluster import EXEC_PROFILE_DEFAULT
+    from cassandra.policies import WhiteListRoundRobinPolicy
+
+    monkeypatch.setenv("IOT_CASSANDRA_HOSTS", "elsewhere")
+    monkeypatch.setenv("IOT_CASSANDRA_PROTOCOL_VERSION", "4")
+    service = CassandraService(_settings(tmp_path))
+    probe = service._cluster(("iot_admin", "pw"), own_node=True)
+    plain = service._cluster()
+    try:
+        assert probe.contact_points == ["127.0.0.1"] and probe.port == 19042
+        assert probe.protocol_version == ProtocolVersion.V5
+        assert isinstance(probe.auth_provider, PlainTextAuthProvider) and plain.auth_provider is None
+        profile = probe.profile_manager.profiles[EXEC_PROFILE_DEFAULT]
+        assert isinstance(profile.load_balancing_policy, WhiteListRoundRobinPolicy)
+        assert profile.request_timeout == 10.0 and probe.connect_timeout == 2.0
+        balancing = plain.profile_manager.profiles[EXEC_PROFILE_DEFAULT].load_balancing_policy
+        assert not isinstance(balancing, WhiteListRoundRobinPolicy)
+    finally:
+        probe.shutdown()
+        plain.shutdown()
+    node = CassandraService(_settings(tmp_path), 2)._cluster()
+    try:
+        assert node.contact_points == ["127.0.0.2"] and node.connect_timeout == 5.0
+    finally:
+        node.shutdown()
