@@ -5,7 +5,6 @@ cassandra-driver's connect and execute block; callers run these in a worker thre
 
 from __future__ import annotations
 
-import logging
 import re
 import threading
 from dataclasses import dataclass
@@ -20,8 +19,6 @@ from console.errors import BadInput, Upstream
 from console.ops import TIMEOUT_S
 from gateway.cassandra_session import CassandraUnavailable, connect
 from gateway.contract import DEVICE_ID_PATTERN
-
-log = logging.getLogger(__name__)
 
 _DEVICE_ID = re.compile(DEVICE_ID_PATTERN)
 ROWS_SHOWN = 30

@@ -5,7 +5,6 @@ confluent-kafka blocks, so callers run these in a worker thread (Operations does
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,8 +15,6 @@ from confluent_kafka.admin import AdminClient
 from console.errors import Upstream
 from console.ops import TIMEOUT_S
 from gateway.settings import KafkaConnection
-
-log = logging.getLogger(__name__)
 
 PREVIEW_BYTES = 240
 
