@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 
-from console.errors import Forbidden, SignedOut
+from console.errors import BadInput, Forbidden, SignedOut
 from console.sessions import COOKIE_NAME, Session
 from console.state import ConsoleState
 
@@ -42,3 +43,15 @@ async def get_admin(session: SessionDep) -> Session:
 
 
 AdminDep = Annotated[Session, Depends(get_admin)]
+
+# A page's free-text filter or search: at most 64 characters, as long as the longest device id.
+TextFilter = Annotated[str | None, Query(max_length=64)]
+
+
+def filter_value(name: str, value: str | None, allowed: re.Pattern[str], says: str) -> str | None:
+    """A filter as typed, stripped; None when empty; BadInput (`name: says`) when `allowed` does
+    not match it."""
+    value = (value or "").strip() or None
+    if value is not None and not allowed.match(value):
+        raise BadInput(f"{name}: {says}")
+    return value

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 
-from console.deps import AdminDep, StateDep
-from console.errors import BadInput
+from console.deps import AdminDep, StateDep, TextFilter, filter_value
 
 router = APIRouter(prefix="/ops")
 
@@ -17,10 +15,7 @@ DLQ_SHOWN = 200
 
 
 def _filter(name: str, value: str | None) -> str | None:
-    value = (value or "").strip() or None
-    if value is not None and not _FILTER.match(value):
-        raise BadInput(f"{name}: letters, digits and . _ : - only, at most 64")
-    return value
+    return filter_value(name, value, _FILTER, "letters, digits and . _ : - only, at most 64")
 
 
 @router.get("/health")
@@ -34,8 +29,8 @@ async def dead_letters(
     request: Request,
     state: StateDep,
     session: AdminDep,
-    reason: Annotated[str | None, Query(max_length=64)] = None,
-    device: Annotated[str | None, Query(max_length=64)] = None,
+    reason: TextFilter = None,
+    device: TextFilter = None,
 ) -> Response:
     reason, device = _filter("reason", reason), _filter("device", device)
     letters = await state.ops.dead_letters()
@@ -73,7 +68,7 @@ async def cassandra(
     request: Request,
     state: StateDep,
     session: AdminDep,
-    device: Annotated[str | None, Query(max_length=64)] = None,
+    device: TextFilter = None,
 ) -> Response:
     device = _filter("device", device)
     tables = await state.ops.tables()

@@ -14,8 +14,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from console.deps import SessionDep, StateDep
-from console.errors import BadInput
+from console.deps import SessionDep, StateDep, TextFilter, filter_value
 from console.series import Range, columns, last_minute_count, pick_range
 from gateway.contract import DEVICE_ID_PATTERN
 
@@ -30,12 +29,10 @@ async def device_list(
     request: Request,
     state: StateDep,
     session: SessionDep,
-    q: Annotated[str | None, Query(max_length=64)] = None,
+    q: TextFilter = None,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> Response:
-    search = (q or "").strip() or None
-    if search is not None and not _SEARCH.match(search):
-        raise BadInput("search: letters, digits, '-' and '_' only")
+    search = filter_value("search", q, _SEARCH, "letters, digits, '-' and '_' only")
     page = await state.query_api.devices(
         session.access_token, state.settings.devices_page_size, cursor, search
     )
