@@ -26,6 +26,7 @@ from console.query_client import QueryApi
 from console.routes import auth, operator, tenant
 from console.sessions import COOKIE_NAME, PendingLogins, SessionStore
 from console.state import ConsoleState
+from gateway.app_metrics import route_template
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +81,8 @@ def create_app(settings: ConsoleSettings | None = None) -> FastAPI:
         started = time.perf_counter()
         response = await call_next(request)
         # The route template, never the raw path: device ids must not become label values.
-        route = request.scope.get("route")
-        view = getattr(route, "path", None) or (
-            "static" if request.url.path.startswith(("/static/", "/vendor/")) else "unmatched"
+        view = route_template(
+            request.scope, "static" if request.url.path.startswith(("/static/", "/vendor/")) else "unmatched"
         )
         metrics.requests.labels(view, str(response.status_code)).inc()
         metrics.latency.labels(view).observe(time.perf_counter() - started)

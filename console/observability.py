@@ -4,30 +4,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from gateway.app_metrics import AppMetrics
 
 
-class ConsoleMetrics:
+class ConsoleMetrics(AppMetrics):
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "console_requests_total",
-            "Requests by view (route template) and status code",
-            ["view", "status"],
-            registry=self.registry,
+        super().__init__()
+        self.requests = self.counter(
+            "console_requests_total", "Requests by view (route template) and status code", ["view", "status"]
         )
-        self.latency = Histogram(
-            "console_request_seconds",
-            "Time to answer, by view",
-            ["view"],
+        self.latency = self.histogram(
+            "console_request_seconds", "Time to answer, by view", ["view"],
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
-            registry=self.registry,
         )
-        self.sign_ins = Counter(
-            "console_sign_ins_total", "Finished sign-ins by outcome", ["outcome"], registry=self.registry
-        )
-        self.sign_outs = Counter("console_sign_outs_total", "Sign-outs", registry=self.registry)
-        self._sessions = Gauge("console_sessions", "Signed-in sessions held", registry=self.registry)
+        self.sign_ins = self.counter("console_sign_ins_total", "Finished sign-ins by outcome", ["outcome"])
+        self.sign_outs = self.counter("console_sign_outs_total", "Sign-outs")
+        self._sessions = self.gauge("console_sessions", "Signed-in sessions held")
 
     def watch_sessions(self, count: Callable[[], int]) -> None:
         self._sessions.set_function(lambda: float(count()))

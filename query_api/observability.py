@@ -9,42 +9,34 @@ from __future__ import annotations
 import time
 from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.app_metrics import AppMetrics, route_template
 
 _LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
-class ApiMetrics:
+class ApiMetrics(AppMetrics):
     """One registry per app, so tests can build many apps in one process."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "query_api_requests",
-            "HTTP requests handled",
-            ["method", "route", "status"],
-            registry=self.registry,
+        super().__init__()
+        self.requests = self.counter(
+            "query_api_requests", "HTTP requests handled", ["method", "route", "status"]
         )
-        self.latency = Histogram(
-            "query_api_request_duration_seconds",
-            "Time to answer a request",
-            ["route"],
+        self.latency = self.histogram(
+            "query_api_request_duration_seconds", "Time to answer a request", ["route"],
             buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
         )
         # Set by the caches themselves (a callback per cache, read at each scrape).
-        self.cache_entries = Gauge(
-            "query_api_cache_entries", "Answers kept, by cache", ["cache"], registry=self.registry
+        self.cache_entries = self.gauge(
+            "query_api_cache_entries", "Answers kept, by cache", ["cache"]
         )
-        self.cache_bytes = Gauge(
-            "query_api_cache_bytes", "Bytes held by each cache (estimated)", ["cache"], registry=self.registry
+        self.cache_bytes = self.gauge(
+            "query_api_cache_bytes", "Bytes held by each cache (estimated)", ["cache"]
         )
-        self.auth_failures = Counter(
-            "query_api_auth_failures",
-            "Requests refused with 401, by reason",
-            ["reason"],
-            registry=self.registry,
+        self.auth_failures = self.counter(
+            "query_api_auth_failures", "Requests refused with 401, by reason", ["reason"]
         )
 
     def watch_cache(self, name: str, cache: SizedCache) -> None:
@@ -80,7 +72,6 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_and_record)
         finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
+            template = route_template(scope)
             self.metrics.requests.labels(scope["method"], template, str(status)).inc()
             self.metrics.latency.labels(template).observe(time.perf_counter() - started)
