@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from gateway import endpoints, pki
+from gateway.settings import MqttConnection
 from stack import artifacts, process
 from stack.config import REPO_ROOT, StackSettings
 from stack.errors import StackError
@@ -44,8 +45,9 @@ FLINK_REPORTER_PLUGIN = "metrics-prometheus"
 EXPORTER_IDENTITY = f"{pki.BRIDGE_PREFIX}stack-exporter"
 
 
-class ObservabilitySettings(BaseSettings):
-    """Where Prometheus and the exporters listen, and how often it scrapes (env prefix IOT_)."""
+class ObservabilitySettings(MqttConnection):
+    """Where Prometheus and the exporters listen, and how often it scrapes (env prefix IOT_); the
+    broker whose $SYS the stack exporter reads is the bridge's (IOT_MQTT_HOST, gateway.settings)."""
 
     model_config = SettingsConfigDict(env_prefix="IOT_", extra="ignore")
 
@@ -61,8 +63,6 @@ class ObservabilitySettings(BaseSettings):
     # Ports of the exporters (not in the contract; loopback only on the native stack).
     exporter_host: str = "127.0.0.1"
     exporter_port: int = 9103
-    # The broker whose $SYS the stack exporter reads (IOT_MQTT_HOST, as for the bridge).
-    mqtt_host: str = endpoints.HOST
     kafka_jmx_port: int = 9404
     cassandra_jmx_port: int = 9405
     flink_jobmanager_metrics_port: int = 9249
