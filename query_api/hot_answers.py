@@ -13,7 +13,10 @@ the same checks the route makes:
 - its tenant may read the device's tenant (the registry lookup is the repository's, cached).
 
 Anything else (no token, an unknown or expired token, another tenant, a miss, an expired entry)
-goes down the full route, which is the only place that produces answers. An answer is at most
+goes to the route, which is the only place that produces answers. The route is called from here
+too, with FastAPI's own match of the path and its handler of QueryApiError: it declares nothing
+for FastAPI to resolve (routes/query.py reads the request itself), so FastAPI's routing layers
+would only add their CPU to the busiest path, every URL of a fleet being new. An answer is at most
 `ttl_s` older than the route's, which is itself at most `2 * ttl_s` behind Cassandra
 (result_cache.py). At most `max_entries` bodies and `budget_bytes` in all are kept, the least
 recently kept going first; a body above `max_bytes` is not kept.
@@ -26,7 +29,11 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from fastapi.routing import APIRoute
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Match
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from query_api.bounded import BoundedLru, CacheLimits
 from query_api.errors import QueryApiError
@@ -49,8 +56,12 @@ class _Answer:
 
 
 class HotAnswers:
-    def __init__(self, app: ASGIApp, limits: CacheLimits, metrics: ApiMetrics | None = None) -> None:
+    def __init__(
+        self, app: ASGIApp, limits: CacheLimits, route: APIRoute, metrics: ApiMetrics | None = None
+    ) -> None:
         self.app = app
+        # GET /query/{deviceId}/{window}: its handler takes the request and nothing else.
+        self._query = route
         self._ttl_s = limits.ttl_s
         self._max_bytes = limits.max_bytes
         self._answers: BoundedLru[_Key, _Answer] = BoundedLru(limits)
@@ -69,14 +80,13 @@ class HotAnswers:
         return self._answers.bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self._ttl_s <= 0 or scope["type"] != "http" or scope["method"] != "GET":
+        if scope["type"] != "http" or scope["method"] != "GET" or not scope["path"].startswith(_PREFIX):
             await self.app(scope, receive, send)
             return
-        path: str = scope["path"]
-        if not path.startswith(_PREFIX):
-            await self.app(scope, receive, send)
+        if self._ttl_s <= 0:
+            await self._route(scope, receive, send)
             return
-        key = (path, self._known_parameters(scope))
+        key = (scope["path"], self._known_parameters(scope))
         answer = self._answers.get(key)
         if answer is not None and await self._may_serve(scope, answer):
             self.hits += 1
@@ -85,7 +95,27 @@ class HotAnswers:
             await send({"type": "http.response.start", "status": 200, "headers": answer.headers})
             await send({"type": "http.response.body", "body": answer.body})
             return
-        await self._route_and_keep(key, scope, receive, send)
+        response = await self._route(scope, receive, send)
+        if response is not None and response.status_code == 200 and len(response.body) <= self._max_bytes:
+            self._keep(key, scope, response)
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> Response | None:
+        """The /query route's answer, sent; None when it is not that route's path (FastAPI
+        answers it: a 404, a 405)."""
+        route = self._query
+        match, child = route.matches(scope)
+        if match is not Match.FULL:
+            await self.app(scope, receive, send)
+            return None
+        scope.update(child)
+        scope["route"] = route
+        request = Request(scope, receive)
+        try:
+            response: Response = await route.endpoint(request)
+        except QueryApiError as exc:
+            response = await scope["app"].exception_handlers[QueryApiError](request, exc)
+        await response(scope, receive, send)
+        return response
 
     async def _may_serve(self, scope: Scope, answer: _Answer) -> bool:
         if answer.expires <= time.monotonic():
@@ -103,28 +133,12 @@ class HotAnswers:
             return False
         return tenant is not None and principal.may_read(tenant)
 
-    async def _route_and_keep(self, key: _Key, scope: Scope, receive: Receive, send: Send) -> None:
-        start: Message | None = None
-        chunks: list[bytes] = []
-
-        async def keep(message: Message) -> None:
-            nonlocal start
-            if message["type"] == "http.response.start":
-                start = message
-            elif message["type"] == "http.response.body":
-                chunks.append(message.get("body", b""))
-            await send(message)
-
-        await self.app(scope, receive, keep)
-        if start is None or start["status"] != 200:
-            return
-        body = b"".join(chunks)
-        if len(body) > self._max_bytes:
-            return
+    def _keep(self, key: _Key, scope: Scope, response: Response) -> None:
         device_id = key[0][len(_PREFIX) :].split("/", 1)[0]
-        headers = list(start.get("headers", []))
-        cost = len(body) + sum(len(n) + len(v) for n, v in headers) + _ENTRY_BYTES
-        answer = _Answer(device_id, headers, body, scope.get("route"), time.monotonic() + self._ttl_s)
+        headers = response.raw_headers
+        cost = len(response.body) + sum(len(n) + len(v) for n, v in headers) + _ENTRY_BYTES
+        expires = time.monotonic() + self._ttl_s
+        answer = _Answer(device_id, headers, bytes(response.body), scope.get("route"), expires)
         self._answers.keep(key, answer, cost)
 
     def _known_parameters(self, scope: Scope) -> tuple[tuple[str, str], ...]:

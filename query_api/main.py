@@ -105,7 +105,7 @@ def create_app(
         docs_url=None,  # routes/docs.py serves Swagger UI from local files
     )
     # Added first, so it runs inside the metrics middleware: hot answers are counted too.
-    app.add_middleware(HotAnswers, limits=limits, metrics=api_metrics)
+    app.add_middleware(HotAnswers, limits=limits, route=query.QUERY_ROUTE, metrics=api_metrics)
     app.add_middleware(MetricsMiddleware, metrics=api_metrics)
     app.add_exception_handler(QueryApiError, _error_handler(api_metrics))
     app.include_router(query.router)

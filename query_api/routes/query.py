@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
+from fastapi.routing import APIRoute
 
 from gateway.contract import DEVICE_ID_PATTERN, METRIC_NAME_PATTERN
 from query_api.auth import Principal
@@ -130,3 +131,7 @@ async def query(request: Request) -> Response:
         raise NotFound(f"device {device_id} not found")
     page = await repository.read(query)
     return Response(page.json(deviceId=device_id, window=query.window.value), media_type="application/json")
+
+
+# The route itself, which hot_answers.py calls without FastAPI's routing layers.
+QUERY_ROUTE = next(r for r in router.routes if isinstance(r, APIRoute))
