@@ -64,20 +64,12 @@ class HotAnswers:
         self._query = route
         self._ttl_s = limits.ttl_s
         self._max_bytes = limits.max_bytes
-        self._answers: BoundedLru[_Key, _Answer] = BoundedLru(limits)
+        self.kept: BoundedLru[_Key, _Answer] = BoundedLru(limits)
         # name -> may repeat (a list parameter), of the query parameters of the /query routes.
         self._parameters: dict[str, bool] | None = None
         self.hits = 0
         if metrics is not None:
-            metrics.watch_cache("answers", self._answers)
-
-    @property
-    def entries(self) -> int:
-        return self._answers.entries
-
-    @property
-    def bytes(self) -> int:
-        return self._answers.bytes
+            metrics.watch_cache("answers", self.kept)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "GET" or not scope["path"].startswith(_PREFIX):
@@ -87,7 +79,7 @@ class HotAnswers:
             await self._route(scope, receive, send)
             return
         key = (scope["path"], self._known_parameters(scope))
-        answer = self._answers.get(key)
+        answer = self.kept.get(key)
         if answer is not None and await self._may_serve(scope, answer):
             self.hits += 1
             # The metrics middleware labels requests by route template: keep that label.
@@ -139,7 +131,7 @@ class HotAnswers:
         cost = len(response.body) + sum(len(n) + len(v) for n, v in headers) + _ENTRY_BYTES
         expires = time.monotonic() + self._ttl_s
         answer = _Answer(device_id, headers, bytes(response.body), scope.get("route"), expires)
-        self._answers.keep(key, answer, cost)
+        self.kept.keep(key, answer, cost)
 
     def _known_parameters(self, scope: Scope) -> tuple[tuple[str, str], ...]:
         """The query parameters the routes read, as they read them: the last value of each, or

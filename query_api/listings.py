@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 from cassandra.query import PreparedStatement
 from starlette.requests import Request
 
-from query_api.db import CassandraStore
+from query_api.db import CassandraStore, Row
 from query_api.errors import DependencyDown
 from query_api.state import AppState
 
@@ -37,6 +37,15 @@ class LazyStatements:
                     self._prepared = {key: await self._store.prepare(cql) for key, cql in self._cql.items()}
         return self._prepared[name]
 
+    async def execute(self, name: str, params: Sequence[object] = ()) -> list[Row]:
+        return await self._store.execute(await self.get(name), params)
+
+    async def tenant_rows(self, tenant: str | None) -> list[Row]:
+        """The rows of statement `tenant` for one tenant, or of `all` for every tenant (None)."""
+        if tenant is None:
+            return await self.execute("all")
+        return await self.execute("tenant", (tenant,))
+
 
 class TenantListings(Generic[T]):
     """A listing per tenant (None: every tenant's), reused for `keep_s`: a new device or group
@@ -46,14 +55,16 @@ class TenantListings(Generic[T]):
         self._keep_s = keep_s
         self._kept: dict[str | None, tuple[T, float]] = {}
 
-    def get(self, tenant: str | None) -> T | None:
+    async def of(self, tenant: str | None, read: Callable[[str | None], Awaitable[T]]) -> T:
+        """The tenant's listing, read with `read` unless one was read within `keep_s`."""
         kept = self._kept.get(tenant)
-        return kept[0] if kept is not None and kept[1] > time.monotonic() else None
-
-    def keep(self, tenant: str | None, listing: T) -> None:
+        if kept is not None and kept[1] > time.monotonic():
+            return kept[0]
+        listing = await read(tenant)
         if len(self._kept) >= _MAX_TENANTS:
             self._kept.clear()
         self._kept[tenant] = (listing, time.monotonic() + self._keep_s)
+        return listing
 
 
 def app_reader(request: Request, state: AppState, name: str, make: Callable[[CassandraStore], T]) -> T:

@@ -52,20 +52,12 @@ class CachedReader:
         # not tell its length).
         self._sizes: dict[PageQuery, int] = {}
         # query -> (page, fetched at)
-        self._answers: BoundedLru[PageQuery, tuple[Page, float]] = BoundedLru(limits)
+        self.kept: BoundedLru[PageQuery, tuple[Page, float]] = BoundedLru(limits)
         self._loading: dict[PageQuery, asyncio.Future[Page]] = {}
         self.hits = 0
         self.misses = 0
         if metrics is not None:
-            metrics.watch_cache("reads", self._answers)
-
-    @property
-    def entries(self) -> int:
-        return self._answers.entries
-
-    @property
-    def bytes(self) -> int:
-        return self._answers.bytes
+            metrics.watch_cache("reads", self.kept)
 
     def __getattr__(self, name: str) -> object:
         # Readiness and the like (`ready`, `not_ready_reason`) are the real repository's.
@@ -82,7 +74,7 @@ class CachedReader:
         return await self._get(query, lambda: self._inner.read(query))
 
     async def _get(self, key: PageQuery, load: Load) -> Page:
-        cached = self._answers.get(key)
+        cached = self.kept.get(key)
         now = time.monotonic()
         if cached is not None:
             page, fetched = cached
@@ -131,7 +123,7 @@ class CachedReader:
             return  # served to its waiters, not kept: large pages must not crowd out the polls
         page = read.result()
         cost = size + _ITEM_BYTES * len(page.items) + _ENTRY_BYTES
-        self._answers.keep(key, (page, time.monotonic()), cost)
+        self.kept.keep(key, (page, time.monotonic()), cost)
 
 
 # What a kept page costs besides its JSON: its items as Python dicts (measured ~400 bytes per

@@ -79,24 +79,19 @@ class RegistryDirectory:
 
     async def listing(self, tenant: str | None) -> list[DeviceRow]:
         """Every device of `tenant` (None: of every tenant), sorted by id; reused briefly."""
-        devices = self._listings.get(tenant)
-        if devices is not None:
-            return devices
-        if tenant is None:
-            rows = await self._store.execute(await self._statements.get("all"), ())
-        else:
-            rows = await self._store.execute(await self._statements.get("tenant"), (tenant,))
-        devices = sorted(
+        return await self._listings.of(tenant, self._read_listing)
+
+    async def _read_listing(self, tenant: str | None) -> list[DeviceRow]:
+        rows = await self._statements.tenant_rows(tenant)
+        return sorted(
             (DeviceRow(device_id, owner, created) for device_id, owner, created in rows if owner),
             key=lambda row: row.device_id,
         )
-        self._listings.keep(tenant, devices)
-        return devices
 
     async def last_seen(self, device_ids: list[str]) -> dict[str, int]:
         if not device_ids:
             return {}
-        rows = await self._store.execute(await self._statements.get("seen"), (device_ids,))
+        rows = await self._statements.execute("seen", (device_ids,))
         seen: dict[str, int] = {}
         for device_id, last_ts in rows:
             if last_ts is not None and last_ts > seen.get(device_id, -1):

@@ -63,25 +63,20 @@ class CassandraGroups:
         self._listings: TenantListings[list[dict[str, Any]]] = TenantListings()
 
     async def listing(self, tenant: str | None) -> list[dict[str, Any]]:
-        items = self._listings.get(tenant)
-        if items is not None:
-            return items
-        if tenant is None:
-            rows = await self._store.execute(await self._statements.get("all"), ())
-        else:
-            rows = await self._store.execute(await self._statements.get("tenant"), (tenant,))
+        return await self._listings.of(tenant, self._read_listing)
+
+    async def _read_listing(self, tenant: str | None) -> list[dict[str, Any]]:
+        rows = await self._statements.tenant_rows(tenant)
         size = await self._statements.get("size")
         counts = await asyncio.gather(*(self._store.execute(size, (t, n)) for t, n in rows))
-        items = sorted(
+        return sorted(
             ({"group": name, "tenant": owner, "devices": int(count[0][0]) if count else 0}
              for (owner, name), count in zip(rows, counts, strict=True)),
             key=lambda item: (item["tenant"], item["group"]),
         )
-        self._listings.keep(tenant, items)
-        return items
 
     async def owners(self, name: str) -> list[str]:
-        rows = await self._store.execute(await self._statements.get("owners"), (name,))
+        rows = await self._statements.execute("owners", (name,))
         return sorted(row[0] for row in rows)
 
 

@@ -394,7 +394,7 @@ def test_junk_parameters_make_no_new_entries(client: TestClient, repo: FakeRepos
     assert get(client, "/query/dev-a/1m?metric=m&limit=5", bearer).status_code == 200
     assert get(client, "/query/dev-a/1m?limit=5&metric=m", bearer).status_code == 200
     assert get(client, "/query/dev-a/1m?limit=7&metric=m&limit=5", bearer).status_code == 200
-    assert _hot(client).entries == 2
+    assert _hot(client).kept.entries == 2
     assert _hot(client).hits == 52
     assert _gauge(client, "query_api_cache_entries", "answers") == 2
     assert _gauge(client, "query_api_cache_entries", "reads") == 2
@@ -411,4 +411,4 @@ def test_caches_hold_at_most_their_byte_budget(keys: Keys, repo: FakeRepository)
             held = _gauge(client, "query_api_cache_bytes", cache)
             assert 0 < held <= 4_000
             assert 0 < _gauge(client, "query_api_cache_entries", cache) < 59
-        assert _hot(client).bytes == _gauge(client, "query_api_cache_bytes", "answers")
+        assert _hot(client).kept.bytes == _gauge(client, "query_api_cache_bytes", "answers")

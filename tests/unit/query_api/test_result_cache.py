@@ -125,9 +125,9 @@ async def test_the_oldest_answers_go_first_when_over_the_byte_budget() -> None:
     cached = CachedReader(inner, CacheLimits(ttl_s=60, max_entries=1_000, budget_bytes=3_000))
     for device in [f"d{n}" for n in range(20)]:
         await cached.read(PageQuery(device, Window.ALL, None, None, 10, None))
-    assert 0 < cached.bytes <= 3_000
-    assert 0 < cached.entries < 20
-    kept = cached.entries
+    assert 0 < cached.kept.bytes <= 3_000
+    assert 0 < cached.kept.entries < 20
+    kept = cached.kept.entries
     # The newest are the ones kept: read again without a new read.
     calls = len(inner.calls)
     await cached.read(PageQuery("d19", Window.ALL, None, None, 10, None))
@@ -135,8 +135,8 @@ async def test_the_oldest_answers_go_first_when_over_the_byte_budget() -> None:
     # The same key read again replaces its entry, never counts it twice.
     cached_again = CachedReader(inner, CacheLimits(ttl_s=0.0001, max_entries=10))
     await cached_again.read(PageQuery("x", Window.ALL, None, None, 10, None))
-    one = cached_again.bytes
+    one = cached_again.kept.bytes
     await asyncio.sleep(0.001)
     await cached_again.read(PageQuery("x", Window.ALL, None, None, 10, None))
-    assert cached_again.bytes == one and cached_again.entries == 1
-    assert kept == cached.entries
+    assert cached_again.kept.bytes == one and cached_again.kept.entries == 1
+    assert kept == cached.kept.entries
