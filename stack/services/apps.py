@@ -17,7 +17,7 @@ from stack import topology
 from stack.config import StackSettings
 from stack.errors import StackError
 from stack.process import ProcessSpec
-from stack.service import NotReady, Service, http_ready
+from stack.service import NodeService, NotReady, Service, http_ready
 
 # Instance N of a service run several times listens for metrics on its port + 10 * (N - 1).
 _INSTANCE_PORT_STEP = 10
@@ -48,40 +48,33 @@ class _PythonService(Service):
         return [self.spec(self.name, argv, env=self.env())]
 
 
-class _InstanceService(_PythonService):
-    """A stateless program the replicated profile runs several times (instance 1, 2, ...)."""
+class _InstanceService(NodeService, _PythonService):
+    """A stateless program the replicated profile runs several times (node 1, 2, ...)."""
 
-    base_name: str
     base_port: int
-
-    def __init__(self, settings: StackSettings, instance: int | None = None) -> None:
-        super().__init__(settings)
-        self.instance = instance
-        self.name = self.base_name if instance is None else f"{self.base_name}-{instance}"
 
     @property
     def metrics_port(self) -> int:
-        return self.base_port + _INSTANCE_PORT_STEP * ((self.instance or 1) - 1)
+        return self.base_port + _INSTANCE_PORT_STEP * ((self.node or 1) - 1)
 
 
 class WriterService(_InstanceService):
     """Migrates the Cassandra schema, then writes Flink's aggregates to Cassandra."""
 
     name = "writer"
-    base_name = "writer"
     base_port = endpoints.WRITER_METRICS_PORT
     stage = 1
     module = "storage"
 
-    def __init__(self, settings: StackSettings, instance: int | None = None) -> None:
-        super().__init__(settings, instance)
-        if instance is not None and instance > 1:
+    def __init__(self, settings: StackSettings, node: int | None = None) -> None:
+        super().__init__(settings, node)
+        if node is not None and node > 1:
             # After the first writer is ready: its migration created the schema alone (two
             # concurrent CREATE TABLEs on different nodes can disagree on the table's id).
             self.stage = 2
 
     def env(self) -> dict[str, str]:
-        extra = {"IOT_WRITER_METRICS_PORT": str(self.metrics_port)} if self.instance else {}
+        extra = {"IOT_WRITER_METRICS_PORT": str(self.metrics_port)} if self.node else {}
         return {**super().env(), **extra}
 
     def check_ready(self) -> None:
@@ -100,25 +93,24 @@ class WriterService(_InstanceService):
 
 class BridgeService(_InstanceService):
     name = "bridge"
-    base_name = "bridge"
     base_port = endpoints.BRIDGE_METRICS_PORT
     stage = 1
     module = "bridge"
 
     def env(self) -> dict[str, str]:
-        if not self.instance:
+        if not self.node:
             return super().env()
         return {
             **super().env(),
             "IOT_BRIDGE_METRICS_PORT": str(self.metrics_port),
             # Its own identity: the broker lets bridge identities share the telemetry group.
-            "IOT_BRIDGE_CLIENT_ID": pki.bridge_cn(self.instance),
+            "IOT_BRIDGE_CLIENT_ID": pki.bridge_cn(self.node),
         }
 
     def start(self) -> None:
-        if self.instance:
+        if self.node:
             # After Mosquitto's stage made the CA: the instance's certificate, made if missing.
-            pki.bridge_identity(self.settings.pki_dir, self.instance)
+            pki.bridge_identity(self.settings.pki_dir, self.node)
         super().start()
 
     def check_ready(self) -> None:
