@@ -38,16 +38,15 @@ _TABLES = {
 
 @dataclass(frozen=True, slots=True)
 class Page:
-    items: list[Item]
+    # The items, or their JSON once the page is kept to be served many times (result_cache.py):
+    # a kept page holds one string, not a dict per item to build, keep and free.
+    items: list[Item] | orjson.Fragment
     next_cursor: str | None
-    # The items already as JSON, when the page is kept to be served many times (result_cache.py).
-    encoded_items: orjson.Fragment | None = None
 
     def json(self, **head: str) -> bytes:
         """The answer of docs/contract.md: `head` (whose aggregates, which window), the items
         and the cursor of the next page."""
-        items = self.items if self.encoded_items is None else self.encoded_items
-        return orjson.dumps({**head, "items": items, "next": self.next_cursor})
+        return orjson.dumps({**head, "items": self.items, "next": self.next_cursor})
 
 
 class AggregateReader(Protocol):

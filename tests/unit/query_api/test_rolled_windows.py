@@ -177,7 +177,7 @@ async def _read_all(
     cursor = None
     for _ in range(10_000):
         page = await repo.read(PageQuery("dev-a", window, span, metric, limit, cursor, zone))
-        assert len(page.items) <= limit
+        assert isinstance(page.items, list) and len(page.items) <= limit
         items.extend(page.items)
         if page.next_cursor is None:
             return items
@@ -287,7 +287,7 @@ def test_a_page_reads_only_the_rows_it_needs() -> None:
         repo = await _repository(store)
         before = store.reads
         page = await repo.read(PageQuery("dev-a", Window.FIVE_MINUTES, span, None, 4, None))
-        assert len(page.items) == 4 and page.next_cursor
+        assert isinstance(page.items, list) and len(page.items) == 4 and page.next_cursor
         return store.reads - before
 
     assert asyncio.run(one_page()) == 1  # 1,440 x 2 rows in the range, one chunk read
