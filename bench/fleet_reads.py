@@ -568,7 +568,7 @@ def _knobs() -> dict[str, Any]:
     - IOT_BENCH_FLEET_REQUESTS: requests of the uncached run (20,000);
     - IOT_BENCH_FLEET_DRIVERS: the raw drivers, comma-separated (cassandra-driver,scylla-driver,acsylla);
     - IOT_BENCH_FLEET_SHORT=1: the uncached runs and the raw drivers only (no paced, group,
-      cached, profile or libev runs), so that a run fits the time it may hold the stack;
+      cached or profile runs), so that a run fits the time it may hold the stack;
     - IOT_BENCH_FLEET_BASELINE_SRC: another checkout whose API runs the same uncached load in
       the same run (before and after a change, side by side)."""
     drivers = os.environ.get("IOT_BENCH_FLEET_DRIVERS", ",".join(("cassandra-driver", *DRIVER_PACKAGES)))
@@ -686,12 +686,13 @@ def run(concurrency: int = 16, paced_rps: float = 500, paced_seconds: int = 20) 
                         figures["profile_uncached"]["py_spy_said"] = err.decode()[-300:]
                 else:
                     figures["profile_uncached"] = spy
-        if not knobs["short"]:
-            # The same uncached load with the driver's own reactor thread.
-            with running_api(log_dir / "query-api-libev.log", {"IOT_CASSANDRA_REACTOR": "libev"}) as api:
-                figures["api_one_worker_uncached_libev_reactor"] = _uncached(
-                    api, token, base_ms, 50 * DEVICES, 8_000, concurrency, cassandra
-                )
+        # The same uncached load with the other reactor: the driver's own thread (libev), or the
+        # API's loop (loop_connection.py).
+        other = "libev" if figures["api_reactor"] == "loop" else "loop"
+        with running_api(log_dir / f"query-api-{other}.log", {"IOT_CASSANDRA_REACTOR": other}) as api:
+            figures[f"api_one_worker_uncached_{other}_reactor"] = _uncached(
+                api, token, base_ms, 50 * DEVICES, 8_000, concurrency, cassandra
+            )
         figures["api_one_worker_uncached"] = uncached
         top = max(uncached["rps"], wide["rps"])
         figures["uncached_vs_raw_best"] = round(top / best, 3) if best else None
