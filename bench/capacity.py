@@ -12,7 +12,7 @@ has 1,000 devices of its own (tenant `capacity`; the default emulator's devices 
 so that the oracle compares, per device, the readings acknowledged to it with the readings the
 1m windows in Cassandra count for it. Freshness: window end -> row, on a sample of 25 devices
 (bench/flink.py's sightings); lag: Kafka end offsets vs the position the job's sources have
-read to (their `pendingRecords`), the committed offsets' lag printed beside it. Mosquitto
+read to (their `currentOffset`), the committed offsets' lag printed beside it. Mosquitto
 alone: a private broker (bench/mqtt_edge.py's), the publishers unpaced, `mosquitto_sub` live.
 
 `python -m bench capacity [--profile default]`; `python -m bench.capacity --only mosquitto`.
@@ -34,7 +34,7 @@ from typing import Any
 
 from bench import capacity_search as search
 from bench.capacity_live import Fleet, LiveSubscriber, mosquitto_alone_broker
-from bench.flink import consumer_lag, record_windows
+from bench.flink import consumer_lag, position_lag, record_windows
 from flink_jobs.config import FlinkJobSettings
 from flink_jobs.rest import FlinkRest
 from gateway import endpoints, pki, topics
@@ -110,7 +110,13 @@ class _Sampler(threading.Thread):
 
     def _position_lag(self) -> int | None:
         job = self._rest.active_job(self._job_name)
-        return self._rest.source_pending_records(job["jid"]) if job else None
+        if job is None:
+            return None
+        offsets = self._rest.source_offsets(job["jid"], topics.KAFKA_READINGS)
+        if not offsets:
+            return None
+        return position_lag(self._kafka["bootstrap.servers"], topics.KAFKA_READINGS, offsets,
+                            self._kafka)
 
     def run(self) -> None:
         tick = 0

@@ -118,7 +118,7 @@ class StepFigures:
     acked: int
     window_full_share: float
     freshness_s: Sequence[float]
-    # By the job's own position (its sources' pending records); may be empty when Flink's
+    # By the job's own position (its sources' current offsets); may be empty when Flink's
     # metrics did not answer, then the committed offsets' samples judge the step.
     lag_samples: Sequence[int]
     committed_lag_samples: Sequence[int] = ()

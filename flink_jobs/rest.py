@@ -89,22 +89,27 @@ class FlinkRest:
                 sums[figure["id"]] += float(figure["value"])
         return sums
 
-    def source_pending_records(self, job_id: str) -> int | None:
-        """Records in Kafka the job's sources have not read yet, by their own fetch positions
-        (the connector's `pendingRecords`, summed over subtasks and sources): where the job is,
-        not where its last checkpoint committed it. None before a source reports one."""
-        pending: int | None = None
+    def source_offsets(self, job_id: str, topic: str) -> dict[int, int]:
+        """{partition of `topic`: the offset the job's source has read to} by the connector's own
+        `currentOffset` (highest over subtasks: a partition moves between them on a rescale):
+        where the job is, not where its last checkpoint committed it. Flink's `pendingRecords`
+        is not used: it read 0 while the source was thousands of records behind. A partition
+        the source has not reported yet is absent."""
+        prefix = f"KafkaSourceReader.topic.{topic.replace('.', '_')}.partition."
+        offsets: dict[int, int] = {}
         for vertex in self._get(f"/jobs/{job_id}")["vertices"]:
             if not vertex["name"].startswith("Source"):
                 continue
             path = f"/jobs/{job_id}/vertices/{vertex['id']}/subtasks/metrics"
-            wanted = [m["id"] for m in self._get(path) if m["id"].endswith(".pendingRecords")]
+            wanted = [m["id"] for m in self._get(path)
+                      if prefix in m["id"] and m["id"].endswith(".currentOffset")]
             if not wanted:
                 continue
-            for figure in self._get(path, params={"get": ",".join(wanted), "agg": "sum"}):
-                if "sum" in figure:
-                    pending = (pending or 0) + int(float(figure["sum"]))
-        return pending
+            for figure in self._get(path, params={"get": ",".join(wanted), "agg": "max"}):
+                if "max" in figure and float(figure["max"]) >= 0:
+                    partition = int(figure["id"].split(prefix, 1)[1].split(".", 1)[0])
+                    offsets[partition] = max(offsets.get(partition, 0), int(float(figure["max"])))
+        return offsets
 
     def taskmanager_process_memory(self) -> list[int]:
         """Each task manager's whole process memory in bytes (taskmanager.memory.process.size)."""
