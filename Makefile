@@ -76,7 +76,7 @@ test-e2e: $(STAMP)
 
 # The replicated profile's tests (docs/replicated.md): they stop the default profile, start the
 # replicated one, kill one node at a time, and start the default profile again. REPLICATED_SELECT
-# narrows them (pytest -k), as CI does.
+# narrows them (pytest -k).
 REPLICATED_SELECT ?=
 test-replicated: $(STAMP)
 	@$(call timed,replicated tier,$(PYTEST) tests/replicated -q -m replicated $(REPLICATED_SELECT))

@@ -143,16 +143,30 @@ def fleet(stack: StackSettings, name: str, devices: int) -> Iterator[Run]:
 
 
 def stream(run: Run, seconds: float, rate: float, faults: list[tuple[float, Callable[[], None]]],
-           seed: int = 7) -> None:
+           seed: int = 7, tail_s: float | None = None) -> None:
     """Publish `rate` readings/s for `seconds` across the run's devices; each fault starts in
-    its own thread at its offset (s) and the stream goes on meanwhile. Returns once every fault
-    is over and every reading is acknowledged by the broker."""
+    its own thread at its offset (s) and the stream goes on meanwhile. With `tail_s`, the stream
+    also goes on until every fault is over, and `tail_s` more (faults whose length is not known
+    beforehand, such as a node's restart). Returns once every fault is over and every reading is
+    acknowledged by the broker."""
     rng = random.Random(seed)
     threads: list[threading.Thread] = []
     pending = sorted(faults, key=lambda f: f[0])
     started = time.monotonic()
+    faults_over: float | None = None
     count = 0
-    while (elapsed := time.monotonic() - started) < seconds:
+
+    def publishing(elapsed: float) -> bool:
+        nonlocal faults_over
+        if tail_s is None:
+            return elapsed < seconds
+        if pending or any(t.is_alive() for t in threads):
+            return True
+        if faults_over is None:
+            faults_over = elapsed
+        return elapsed < max(seconds, faults_over + tail_s)
+
+    while publishing(elapsed := time.monotonic() - started):
         while pending and pending[0][0] <= elapsed:
             threads.append(_in_thread(run, pending.pop(0)[1]))
         due = int(rate * elapsed) - count
