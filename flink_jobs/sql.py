@@ -89,57 +89,63 @@ CREATE TABLE {table} (
 )"""
 
 
-def _window_sink_ddl(name: str, topic: str, settings: FlinkJobSettings) -> str:
-    return f"""
-CREATE TABLE {name} (
-    deviceId STRING,
-    metric STRING,
-    windowStart BIGINT,
-    windowEnd BIGINT,
+# The statistics every aggregate row has, by device (or group key) and metric.
+_STATS_COLUMNS = """
     `count` BIGINT,
     `sum` DOUBLE,
     `min` DOUBLE,
-    `max` DOUBLE
+    `max` DOUBLE"""
+
+
+def _sink_ddl(
+    name: str, columns: tuple[str, str], options: dict[str, str], settings: FlinkJobSettings
+) -> str:
+    """A Kafka sink of JSON aggregate rows: `columns` before and after the statistics (the
+    INSERTs fill them by position), `options` beside the topic's connection."""
+    before, after = columns
+    with_options = "".join(f"\n    '{key}' = '{value}'," for key, value in options.items())
+    return f"""
+CREATE TABLE {name} (
+    deviceId STRING,
+    metric STRING,{before}{_STATS_COLUMNS}{after}
 ) WITH (
-    'connector' = 'kafka',
-    'topic' = '{topic}',
-    'properties.bootstrap.servers' = '{settings.kafka_bootstrap}',{kafka_security(settings)}
-    'key.format' = 'raw',
-    'key.fields' = 'deviceId',
+    'properties.bootstrap.servers' = '{settings.kafka_bootstrap}',{kafka_security(settings)}{with_options}
     'value.format' = 'json',
-    'value.fields-include' = 'ALL',
-    'sink.delivery-guarantee' = 'at-least-once'
+    'value.fields-include' = 'ALL'
 )"""
 
 
 def sink_ddls(settings: FlinkJobSettings) -> list[str]:
-    all_time = f"""
-CREATE TABLE agg_all_sink (
-    deviceId STRING,
-    metric STRING,
-    `count` BIGINT,
-    `sum` DOUBLE,
-    `min` DOUBLE,
-    `max` DOUBLE,
+    windows = ("""
+    windowStart BIGINT,
+    windowEnd BIGINT,""", "")
+    all_time = ("", """,
     firstTs BIGINT,
     lastTs BIGINT,
     late BIGINT,
-    PRIMARY KEY (deviceId, metric) NOT ENFORCED
-) WITH (
-    'connector' = 'upsert-kafka',
-    'topic' = '{settings.sink_topic_all}',
-    'properties.bootstrap.servers' = '{settings.kafka_bootstrap}',{kafka_security(settings)}
-    'key.format' = 'json',
-    'value.format' = 'json',
-    'value.fields-include' = 'ALL',
-    -- One upsert per key per interval reaches Kafka, however many readings updated it.
-    'sink.buffer-flush.max-rows' = '10000',
-    'sink.buffer-flush.interval' = '{settings.rollup_flush_ms} ms'
-)"""
+    PRIMARY KEY (deviceId, metric) NOT ENFORCED""")
+
+    def window_options(topic: str) -> dict[str, str]:
+        return {
+            "connector": "kafka",
+            "topic": topic,
+            "key.format": "raw",
+            "key.fields": "deviceId",
+            "sink.delivery-guarantee": "at-least-once",
+        }
+
+    all_time_options = {
+        "connector": "upsert-kafka",
+        "topic": settings.sink_topic_all,
+        "key.format": "json",
+        # One upsert per key per interval reaches Kafka, however many readings updated it.
+        "sink.buffer-flush.max-rows": "10000",
+        "sink.buffer-flush.interval": f"{settings.rollup_flush_ms} ms",
+    }
     return [
-        _window_sink_ddl("agg_1m_sink", settings.sink_topic_1m, settings),
-        _window_sink_ddl("agg_1h_sink", settings.sink_topic_1h, settings),
-        all_time,
+        _sink_ddl("agg_1m_sink", windows, window_options(settings.sink_topic_1m), settings),
+        _sink_ddl("agg_1h_sink", windows, window_options(settings.sink_topic_1h), settings),
+        _sink_ddl("agg_all_sink", all_time, all_time_options, settings),
     ]
 
 
