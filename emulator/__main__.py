@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from emulator.config import EmulatorSettings
-from emulator.fleet import FleetConfig, FleetResult, run_fleet
+from emulator.fleet import Faults, FleetConfig, FleetResult, run_fleet
 from emulator.runtime import event_loop_factory
 from gateway.contract import TENANT_PATTERN, is_valid_tenant
 from gateway.service_main import run_main
@@ -103,8 +103,9 @@ def _emulate(args: argparse.Namespace, settings: EmulatorSettings) -> int:
         pki_dir=settings.pki_dir, devices=args.devices, rate=args.rate,
         duration_s=args.duration, count=args.count, tenant=args.tenant, prefix=args.prefix,
         first_index=args.first_index, host=settings.mqtt_host, port=settings.mqtt_port,
-        out_of_order=args.out_of_order, late=args.late, duplicate=args.duplicate,
-        malformed=args.malformed, window=args.window, seed=args.seed,
+        faults=Faults(out_of_order=args.out_of_order, late=args.late, duplicate=args.duplicate,
+                      malformed=args.malformed),
+        window=args.window, seed=args.seed,
         progress_interval_s=args.progress,
         provisioner=None if args.no_register else _provisioner(settings),
     )

@@ -7,7 +7,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from emulator.device import DeviceClient, Signals, Stats, limit_tls_read_buffers
@@ -28,6 +28,25 @@ MALFORMED = [
 ]
 
 
+@dataclass(frozen=True)
+class Faults:
+    """Readings sent wrong on purpose, each a probability per reading (0..1): out of order (up to
+    10 s old), late (hours old), sent twice, or followed by a malformed payload."""
+
+    out_of_order: float = 0.0
+    late: float = 0.0
+    duplicate: float = 0.0
+    malformed: float = 0.0
+
+    def timing(self, rng: random.Random) -> tuple[str, int]:
+        """The kind of the next reading, and how many milliseconds before now its `ts` is."""
+        if self.late and rng.random() < self.late:
+            return "late", int(rng.uniform(1.0, 6.0) * 3_600_000)
+        if self.out_of_order and rng.random() < self.out_of_order:
+            return "out_of_order", int(rng.uniform(0.5, 10.0) * 1000)
+        return "reading", 0
+
+
 @dataclass
 class FleetConfig:
     """What to emulate. Shares are probabilities per reading (0..1)."""
@@ -42,10 +61,7 @@ class FleetConfig:
     first_index: int = 0
     host: str = endpoints.HOST
     port: int = endpoints.MQTT_TLS_PORT
-    out_of_order: float = 0.0
-    late: float = 0.0
-    duplicate: float = 0.0
-    malformed: float = 0.0
+    faults: Faults = field(default_factory=Faults)
     window: int = 100
     connect_concurrency: int = 64
     keepalive_s: int = 60
@@ -156,21 +172,17 @@ class _Device:
             due += interval
 
     async def _publish_one(self, stats: Stats) -> None:
-        config, rng = self._config, self._rng
-        now_ms = int(time.time() * 1000)
-        kind = "reading"
-        if config.late and rng.random() < config.late:
-            kind, now_ms = "late", now_ms - int(rng.uniform(1.0, 6.0) * 3_600_000)
-        elif config.out_of_order and rng.random() < config.out_of_order:
-            kind, now_ms = "out_of_order", now_ms - int(rng.uniform(0.5, 10.0) * 1000)
+        faults, rng = self._config.faults, self._rng
+        kind, age_ms = faults.timing(rng)
+        now_ms = int(time.time() * 1000) - age_ms
         self._seq += 1
         payload = telemetry_payload(now_ms, self._signals.next(), seq=self._seq)
         await self.client.publish(payload)
         stats.count(kind)
-        if config.duplicate and rng.random() < config.duplicate:
+        if faults.duplicate and rng.random() < faults.duplicate:
             await self.client.publish(payload)
             stats.count("duplicate")
-        if config.malformed and rng.random() < config.malformed:
+        if faults.malformed and rng.random() < faults.malformed:
             self._malformed = (self._malformed + 1) % len(MALFORMED)
             await self.client.publish(MALFORMED[self._malformed])
             stats.count("malformed")

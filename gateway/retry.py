@@ -31,6 +31,10 @@ class Stopped(Exception):
 
 @dataclass
 class Backoff:
+    """Exponential backoff with jitter: `initial_s` times `multiplier` per attempt, at most
+    `max_s`, each wait spread by +-`jitter` so that clients cut off together do not come back
+    together."""
+
     initial_s: float = 0.5
     max_s: float = 30.0
     multiplier: float = 2.0

@@ -20,7 +20,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from emulator.fleet import FleetConfig, FleetResult, run_fleet
+from emulator.fleet import Faults, FleetConfig, FleetResult, run_fleet
 from emulator.fleet import run as run_on_loop
 from emulator.mqtt import connect_packet
 from gateway import pki, topics
@@ -397,8 +397,8 @@ def test_emulator_fault_injection(mqtt_settings: StackSettings,
     watcher = operator(topics.MQTT_OPERATOR_FILTER)
     config = FleetConfig(
         pki_dir=mqtt_settings.pki_dir, devices=5, rate=50.0, count=40, prefix=prefix,
-        port=mqtt_settings.mqtt_port, seed=7, out_of_order=0.2, late=0.1, duplicate=0.2,
-        malformed=0.2,
+        port=mqtt_settings.mqtt_port, seed=7,
+        faults=Faults(out_of_order=0.2, late=0.1, duplicate=0.2, malformed=0.2),
     )
     started_ms = int(time.time() * 1000)
     result = asyncio.run(run_fleet(config))  # the standard event loop

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from emulator.device import Signals
-from emulator.fleet import FleetConfig
+from emulator.fleet import Faults, FleetConfig
 from emulator.mqtt import MAX_PACKET, MqttProtocol, connect_packet, publish_packet
 from gateway import mqtt_codec as codec
 from gateway.registry import TenantCache
@@ -118,6 +118,17 @@ def test_device_ids_and_reading_counts(tmp_path: Path) -> None:
     assert FleetConfig(pki_dir=tmp_path, rate=2, duration_s=5).readings_per_device() == 10
     assert FleetConfig(pki_dir=tmp_path, rate=2, count=3).readings_per_device() == 3
     assert FleetConfig(pki_dir=tmp_path, duration_s=0).readings_per_device() is None
+
+
+def test_fault_shares_pick_kinds_and_ages() -> None:
+    rng = random.Random(3)
+    assert {Faults().timing(rng) for _ in range(100)} == {("reading", 0)}
+    picks = [Faults(out_of_order=0.3, late=0.2).timing(rng) for _ in range(5_000)]
+    kinds = {kind: sum(1 for k, _ in picks if k == kind) for kind in ("late", "out_of_order", "reading")}
+    # Late first (0.2), then out of order on what is left (0.8 * 0.3), then on time.
+    assert abs(kinds["late"] / 5_000 - 0.2) < 0.03 and abs(kinds["out_of_order"] / 5_000 - 0.24) < 0.03
+    assert all(3_600_000 <= age <= 6 * 3_600_000 for kind, age in picks if kind == "late")
+    assert all(500 <= age <= 10_000 for kind, age in picks if kind == "out_of_order")
 
 
 def test_tenant_cache_fills_on_miss_and_remembers_misses() -> None:
