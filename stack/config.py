@@ -19,6 +19,7 @@ Profile = Literal["default", "replicated"]
 # itself names the profile that runs (only one can: both use the contract's ports).
 REPLICATED_DIR = "replicated"
 ACTIVE_PROFILE_FILE = "active-profile"
+_MEMORY_SIZE = r"^[1-9][0-9]{0,5}[kKmMgG]$"
 
 
 def _default_java21_home(data: dict[str, Any]) -> Path:
@@ -51,12 +52,14 @@ class StackSettings(StackDirSettings):
     query_api_port: int = endpoints.QUERY_API_PORT
     console_port: int = endpoints.CONSOLE_PORT
 
-    # Small explicit heaps: the whole idle stack must fit in 4 GiB on a 2-core machine.
-    kafka_heap: str = "384m"
-    cassandra_heap: str = "768m"
-    keycloak_heap: str = "384m"
-    flink_jobmanager_memory: str = "768m"
-    flink_taskmanager_memory: str = "1280m"
+    # Small explicit heaps: the whole idle stack must fit in 4 GiB on a 2-core machine. Each one
+    # is a size the JVMs read (digits and a unit), nothing that could add an option to their
+    # command lines.
+    kafka_heap: str = Field("384m", pattern=_MEMORY_SIZE)
+    cassandra_heap: str = Field("768m", pattern=_MEMORY_SIZE)
+    keycloak_heap: str = Field("384m", pattern=_MEMORY_SIZE)
+    flink_jobmanager_memory: str = Field("768m", pattern=_MEMORY_SIZE)
+    flink_taskmanager_memory: str = Field("1280m", pattern=_MEMORY_SIZE)
     # The pipeline job takes one slot; the rest let tests and benchmarks run job instances beside it.
     flink_task_slots: int = 4
     # SimpleStrategy replication of the application keyspace; 1 on the single local node.

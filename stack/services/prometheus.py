@@ -52,8 +52,8 @@ class ObservabilitySettings(MqttConnection):
     model_config = SettingsConfigDict(env_prefix="IOT_", extra="ignore")
 
     prometheus_port: int = endpoints.PROMETHEUS_PORT
-    # The issue's window is 5-10 s: 5 s keeps the freshness alert's resolution tight; the
-    # exporters answer in milliseconds, so the cost stays small (bench/observability.py).
+    # Every 5 s keeps the freshness alert's resolution tight; the exporters answer in
+    # milliseconds, so the cost stays small (bench/observability.py).
     prometheus_scrape_interval: str = "5s"
     # The JVMs' exporters build their answer from JMX or Flink's registry on every scrape
     # (40-100 ms of a core each): every 10 s keeps their cost within budget.

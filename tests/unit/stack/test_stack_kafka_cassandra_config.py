@@ -21,6 +21,18 @@ def _settings(tmp_path: Path) -> StackSettings:
     )
 
 
+@pytest.mark.parametrize("value", ["384m -XX:OnOutOfMemoryError=sh", "-Xmx1g", "1g\n", "0m", "384", "m", ""])
+def test_a_heap_is_a_size_and_nothing_else(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    # The heaps reach the JVMs' command lines: anything but a size is refused before a start.
+    monkeypatch.setenv("IOT_KAFKA_HEAP", value)
+    with pytest.raises(ValueError, match="kafka_heap"):
+        _settings(tmp_path)
+    monkeypatch.setenv("IOT_KAFKA_HEAP", "512M")
+    assert _settings(tmp_path).kafka_heap == "512M"
+
+
 def test_kafka_properties_single_node_kraft_on_localhost(tmp_path: Path) -> None:
     service = KafkaService(_settings(tmp_path))
     lines = service._server_properties().splitlines()
