@@ -55,11 +55,11 @@ class StackSettings(StackDirSettings):
     # Small explicit heaps: the whole idle stack must fit in 4 GiB on a 2-core machine. Each one
     # is a size the JVMs read (digits and a unit), nothing that could add an option to their
     # command lines.
-    kafka_heap: str = Field("384m", pattern=_MEMORY_SIZE)
-    cassandra_heap: str = Field("768m", pattern=_MEMORY_SIZE)
-    keycloak_heap: str = Field("384m", pattern=_MEMORY_SIZE)
-    flink_jobmanager_memory: str = Field("768m", pattern=_MEMORY_SIZE)
-    flink_taskmanager_memory: str = Field("1280m", pattern=_MEMORY_SIZE)
+    kafka_heap: str = Field(default="384m", pattern=_MEMORY_SIZE)
+    cassandra_heap: str = Field(default="768m", pattern=_MEMORY_SIZE)
+    keycloak_heap: str = Field(default="384m", pattern=_MEMORY_SIZE)
+    flink_jobmanager_memory: str = Field(default="768m", pattern=_MEMORY_SIZE)
+    flink_taskmanager_memory: str = Field(default="1280m", pattern=_MEMORY_SIZE)
     # The pipeline job takes one slot; the rest let tests and benchmarks run job instances beside it.
     flink_task_slots: int = 4
     # SimpleStrategy replication of the application keyspace; 1 on the single local node.
