@@ -17,6 +17,7 @@ import statistics
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -187,28 +188,30 @@ def _month_start(millis: int) -> int:
     return int(time.mktime((tm.tm_year, tm.tm_mon, 1, 0, 0, 0, 0, 0, 0)) - time.timezone) * 1000
 
 
+@dataclass(frozen=True)
+class ClosedLoop:
+    """`requests` in all, `concurrency` in flight, after `warmup` uncounted ones."""
+
+    requests: int
+    concurrency: int
+    warmup: int
+
+
 def _api_load(
-    log_file: Path,
-    env: dict[str, str],
-    path: str,
-    token: str,
-    requests: int,
-    concurrency: int,
-    warmup: int,
-    paced_rps: float = 0,
+    log_file: Path, env: dict[str, str], path: str, token: str, load: ClosedLoop, paced_rps: float = 0
 ) -> dict[str, Any]:
     """`python -m query_api` (one worker) under the closed-loop load, plus its CPU per request."""
     with running_api(log_file, env) as running:
         host, port = running.base.removeprefix("http://").split(":")
-        asyncio.run(_http_load(host, int(port), path, token, warmup, concurrency))
+        asyncio.run(_http_load(host, int(port), path, token, load.warmup, load.concurrency))
         cpu_before = _process_cpu_s(running.pid)
-        figures = asyncio.run(_http_load(host, int(port), path, token, requests, concurrency))
+        figures = asyncio.run(_http_load(host, int(port), path, token, load.requests, load.concurrency))
         figures["server_cpu_ms_per_request"] = round(
-            (_process_cpu_s(running.pid) - cpu_before) * 1000 / requests, 3
+            (_process_cpu_s(running.pid) - cpu_before) * 1000 / load.requests, 3
         )
         if paced_rps:
             figures["paced"] = asyncio.run(
-                _http_paced(host, int(port), path, token, paced_rps, PACED_SECONDS, concurrency)
+                _http_paced(host, int(port), path, token, paced_rps, PACED_SECONDS, load.concurrency)
             )
     return figures
 
@@ -243,17 +246,11 @@ def run(requests: int = REQUESTS, concurrency: int = CONCURRENCY, warmup: int = 
         # The API's default range for 1m is exactly the last hour.
         path = f"/query/{device}/1m"
         log_dir = Path(tempfile.mkdtemp(prefix="bench-query-api-"))
-        api = _api_load(log_dir / "query-api.log", {}, path, token, requests, concurrency, warmup, TARGET_RPS)
+        load = ClosedLoop(requests, concurrency, warmup)
+        api = _api_load(log_dir / "query-api.log", {}, path, token, load, TARGET_RPS)
         # The same API with its answer cache off: every request is a Cassandra read.
-        uncached = _api_load(
-            log_dir / "query-api-nocache.log",
-            {"IOT_RESULT_CACHE_S": "0"},
-            path,
-            token,
-            requests,
-            concurrency,
-            warmup,
-        )
+        no_cache = {"IOT_RESULT_CACHE_S": "0"}
+        uncached = _api_load(log_dir / "query-api-nocache.log", no_cache, path, token, load)
     return {
         "benchmark": "query_api",
         "read": f"/query/{{id}}/1m, last hour, {(end_ms - start_ms) // 60_000} windows x "
