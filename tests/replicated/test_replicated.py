@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass
+from datetime import UTC
 
 import pytest
 from cassandra.cluster import NoHostAvailable
@@ -117,23 +118,29 @@ FAULTS = {
 _SETTLE_S = 10.0
 
 
-def _new_windows(run: harness.Run, since_ms: int) -> int:
-    """1-minute rows of the run's devices whose window ended after since_ms."""
+def _new_windows(run: harness.Run, since_ms: int) -> list[float]:
+    """Freshness (s from window end to the row's first write) of each 1-minute row of the run's
+    devices whose window ended after since_ms. Rows are written once (IF NOT EXISTS), so the
+    write time is when the row first reached Cassandra."""
     session = cassandra_session.connect(CassandraConnection(), keyspace=endpoints.CASSANDRA_KEYSPACE)
     try:
-        found = 0
+        freshness: list[float] = []
         for device in run.device_ids:
             for month in {bucket_month(since_ms), bucket_month(int(time.time() * 1000))}:
                 rows = session.execute(
-                    "SELECT window_start FROM agg_1m WHERE device_id = %s AND bucket_month = %s",
+                    "SELECT window_end, WRITETIME(count) AS written FROM agg_1m"
+                    " WHERE device_id = %s AND bucket_month = %s",
                     (device, month))
-                found += sum(1 for r in rows if r.window_start.timestamp() * 1000 + 60_000 > since_ms)
-        return found
+                for row in rows:
+                    end_ms = row.window_end.replace(tzinfo=UTC).timestamp() * 1000
+                    if end_ms > since_ms:
+                        freshness.append(round((row.written / 1000 - end_ms) / 1000, 1))
+        return freshness
     finally:
         session.cluster.shutdown()
 
 
-def _fault(stack: StackSettings, run: harness.Run, fault: Fault, during: dict[str, int]) -> None:
+def _fault(stack: StackSettings, run: harness.Run, fault: Fault, during: dict[str, float]) -> None:
     spec = harness.process_spec(stack, fault.process)
     # Before the kill: right after it, a killed broker still leads its partitions for the
     # broker session timeout (seconds), and asking them for offsets would wait on it.
@@ -144,7 +151,13 @@ def _fault(stack: StackSettings, run: harness.Run, fault: Fault, during: dict[st
     # Still down (nothing restarted it): what flowed meanwhile flowed without it.
     assert not process.is_running(spec), f"{fault.process} came back during the fault"
     during["readings_in_kafka"] = kafka_probe.records_since(stack, offsets, run.device_ids)
-    during["windows_in_cassandra"] = _new_windows(run, killed_ms)
+    freshness = sorted(_new_windows(run, killed_ms))
+    during["windows_in_cassandra"] = len(freshness)
+    # Window end -> row, for the windows that closed while the node was down.
+    if freshness:
+        during["freshness_p99_s"] = freshness[min(len(freshness) - 1, int(len(freshness) * 0.99))]
+        during["freshness_max_s"] = freshness[-1]
+    log.info("replicated fault %s: %s", fault.process, during)
     orchestrator.up(stack, only={fault.service})
 
 
@@ -152,7 +165,7 @@ def test_each_node_killed_in_turn_ingestion_goes_on_and_nothing_is_lost(replicat
     """One stream of readings, through which a Kafka broker, a Cassandra node, a task manager
     and a bridge instance are killed one after the other, each brought back before the next:
     one oracle over the whole stream afterwards, and for each fault what flowed while it lasted."""
-    during: dict[str, dict[str, int]] = {name: {} for name in FAULTS}
+    during: dict[str, dict[str, float]] = {name: {} for name in FAULTS}
 
     def each_in_turn() -> None:
         for name, fault in FAULTS.items():
