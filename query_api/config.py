@@ -35,9 +35,8 @@ class QueryApiSettings(KeycloakConnection, CassandraConnection):
     # Connection in gateway.settings; a read waits less than a batch write.
     cassandra_timeout_s: float = Field(default=5.0, gt=0, validation_alias="IOT_CASSANDRA_TIMEOUT_S")
     # "loop": the driver's sockets are transports of the API's asyncio loop (no reactor thread,
-    # no hand-off per read: loop_connection.py); "libev": the driver's own reactor thread. The
-    # loop spends less CPU per uncached read and serves more of them (docs/query-api.md).
-    cassandra_reactor: Literal["loop", "libev"] = "loop"
+    # no hand-off per read: loop_connection.py); "libev": the driver's own reactor thread.
+    cassandra_reactor: Literal["loop", "libev"] = "libev"
 
     # device -> tenant answers are cached; a device's tenant never changes, but a new device
     # must become visible quickly, so misses are cached for a much shorter time.

@@ -1,10 +1,9 @@
 """The Cassandra session of the query API: opened once, prepared statements, asyncio execution.
 
-By default (`IOT_CASSANDRA_REACTOR=loop`) the driver's connections are transports of the API's
-own loop (loop_connection.py) and a read is written, decoded and handed to the route in one
-thread; with `IOT_CASSANDRA_REACTOR=libev` the driver answers on its own reactor thread and
-`execute` hands each result back with `call_soon_threadsafe`. Either way a request never blocks
-the loop while waiting.
+By default the driver answers on its own reactor thread and `execute` hands each result back
+with `call_soon_threadsafe`; with `IOT_CASSANDRA_REACTOR=loop` its connections are transports of
+the API's own loop (loop_connection.py) and a read is written, decoded and handed to the route
+in one thread. Either way a request never blocks the loop while waiting.
 """
 
 from __future__ import annotations
