@@ -49,7 +49,7 @@ class Faults:
 
 @dataclass
 class FleetConfig:
-    """What to emulate. Shares are probabilities per reading (0..1)."""
+    """What to emulate; `faults` holds the shares of readings sent wrong on purpose."""
 
     pki_dir: Path
     devices: int = 50

@@ -98,11 +98,10 @@ _STATS_COLUMNS = """
 
 
 def _sink_ddl(
-    name: str, columns: tuple[str, str], options: dict[str, str], settings: FlinkJobSettings
+    name: str, options: dict[str, str], settings: FlinkJobSettings, *, before: str = "", after: str = ""
 ) -> str:
-    """A Kafka sink of JSON aggregate rows: `columns` before and after the statistics (the
+    """A Kafka sink of JSON aggregate rows: columns `before` and `after` the statistics (the
     INSERTs fill them by position), `options` beside the topic's connection."""
-    before, after = columns
     with_options = "".join(f"\n    '{key}' = '{value}'," for key, value in options.items())
     return f"""
 CREATE TABLE {name} (
@@ -115,16 +114,17 @@ CREATE TABLE {name} (
 )"""
 
 
-def sink_ddls(settings: FlinkJobSettings) -> list[str]:
-    windows = ("""
+_WINDOW_COLUMNS = """
     windowStart BIGINT,
-    windowEnd BIGINT,""", "")
-    all_time = ("", """,
+    windowEnd BIGINT,"""
+_ALL_TIME_COLUMNS = """,
     firstTs BIGINT,
     lastTs BIGINT,
     late BIGINT,
-    PRIMARY KEY (deviceId, metric) NOT ENFORCED""")
+    PRIMARY KEY (deviceId, metric) NOT ENFORCED"""
 
+
+def sink_ddls(settings: FlinkJobSettings) -> list[str]:
     def window_options(topic: str) -> dict[str, str]:
         return {
             "connector": "kafka",
@@ -143,9 +143,9 @@ def sink_ddls(settings: FlinkJobSettings) -> list[str]:
         "sink.buffer-flush.interval": f"{settings.rollup_flush_ms} ms",
     }
     return [
-        _sink_ddl("agg_1m_sink", windows, window_options(settings.sink_topic_1m), settings),
-        _sink_ddl("agg_1h_sink", windows, window_options(settings.sink_topic_1h), settings),
-        _sink_ddl("agg_all_sink", all_time, all_time_options, settings),
+        _sink_ddl("agg_1m_sink", window_options(settings.sink_topic_1m), settings, before=_WINDOW_COLUMNS),
+        _sink_ddl("agg_1h_sink", window_options(settings.sink_topic_1h), settings, before=_WINDOW_COLUMNS),
+        _sink_ddl("agg_all_sink", all_time_options, settings, after=_ALL_TIME_COLUMNS),
     ]
 
 
