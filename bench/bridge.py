@@ -19,7 +19,6 @@ import argparse
 import gc
 import json
 import logging
-import os
 import shutil
 import statistics
 import subprocess
@@ -30,6 +29,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from bench.cpu import stack_cpu_s
 from bench.mosquitto_clients import pub_lines_argv, tls_args
 from gateway import pki
 from gateway.contract import telemetry_payload
@@ -66,19 +66,6 @@ def _plan(
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
-
-
-def _cpu_seconds(settings: StackSettings) -> dict[str, float]:
-    """CPU time used so far by the run's own Mosquitto and Kafka (from their pid files)."""
-    used: dict[str, float] = {}
-    for pid_file in settings.run_dir.glob("*.pid"):
-        try:
-            stat = Path(f"/proc/{pid_file.read_text().split()[0]}/stat").read_text()
-        except (OSError, IndexError):
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        used[pid_file.stem] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return used
 
 
 def _cpu_us_per_message(before: dict[str, float], after: dict[str, float], messages: int) -> dict[str, float]:
@@ -135,7 +122,7 @@ def mosquitto_sub_drain(settings: StackSettings, plan: dict[str, list[bytes]]) -
         f"$share/{client_id}/devices/+/telemetry",
     ]
     subprocess.run([*base, "-E"], check=True, timeout=30)  # session + subscription, then exit
-    cpu_before = _cpu_seconds(settings)
+    cpu_before = stack_cpu_s(settings.run_dir)
     publish(settings, plan, window=100)
     started = time.monotonic()
     # Timed from the first message out of mosquitto_sub to its exit after the last, as the bridge
@@ -151,7 +138,7 @@ def mosquitto_sub_drain(settings: StackSettings, plan: dict[str, list[bytes]]) -
     ended = time.monotonic()
     received = output.count(b"\n")
     span_s = max(1e-3, ended - first_at)
-    cpu = _cpu_us_per_message(cpu_before, _cpu_seconds(settings), total)
+    cpu = _cpu_us_per_message(cpu_before, stack_cpu_s(settings.run_dir), total)
     end_session(settings, client_id)
     return {
         "messages": received,
@@ -182,14 +169,14 @@ def bridge_drain(
     try:
         for each in bridges:
             assert each.terminate() == 0
-        cpu_before = _cpu_seconds(settings)
+        cpu_before = stack_cpu_s(settings.run_dir)
         publish(settings, plan, window=100)
         for each in bridges:
             each.start()
         # Read back only once all is in: reading (and decoding) it meanwhile would take its share
         # of the two cores from the bridge and Kafka.
         wait_for_records(bridge.kafka_bootstrap, bridge.readings_topic, total, timeout_s=600)
-        cpu = _cpu_us_per_message(cpu_before, _cpu_seconds(settings), total)
+        cpu = _cpu_us_per_message(cpu_before, stack_cpu_s(settings.run_dir), total)
         records = read_topic(
             bridge.kafka_bootstrap, bridge.readings_topic, expect=total, timeout_s=120, identity=reading_id
         )

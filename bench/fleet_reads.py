@@ -263,9 +263,9 @@ def cassandra_pid() -> int | None:
 
 
 def _cpu_s(pid: int | None) -> float:
-    from bench.query_api import _process_cpu_s
+    from bench.cpu import process_cpu_s
 
-    return _process_cpu_s(pid) if pid is not None else 0.0
+    return process_cpu_s(pid) if pid is not None else 0.0
 
 
 def _children_cpu_s() -> float:
@@ -585,15 +585,15 @@ def _uncached(
     api: Any, token: str, base_ms: int, first: int, total: int, concurrency: int, cassandra: int | None
 ) -> dict[str, Any]:
     """The distinct-URL load on a running API after a warm-up, with both sides' CPU per request."""
-    from bench.query_api import _process_cpu_s
+    from bench.cpu import process_cpu_s
 
     host, port_text = api.base.removeprefix("http://").split(":")
     port = int(port_text)
     # Warm-up on reads the measured runs do not repeat (the last shifts).
     asyncio.run(_distinct_load(host, port, token, base_ms, 59 * DEVICES, 1_000, concurrency))
-    cpu, cassandra_cpu = _process_cpu_s(api.pid), _cpu_s(cassandra)
+    cpu, cassandra_cpu = process_cpu_s(api.pid), _cpu_s(cassandra)
     figures = asyncio.run(_distinct_load(host, port, token, base_ms, first, total, concurrency))
-    figures["server_cpu_ms_per_request"] = round((_process_cpu_s(api.pid) - cpu) * 1000 / total, 3)
+    figures["server_cpu_ms_per_request"] = round((process_cpu_s(api.pid) - cpu) * 1000 / total, 3)
     if cassandra is not None:
         figures["cassandra_cpu_ms_per_request"] = round(
             (_cpu_s(cassandra) - cassandra_cpu) * 1000 / total, 3

@@ -15,32 +15,19 @@ round. The difference of the medians, relative to "off", is the exporters' share
 from __future__ import annotations
 
 import logging
-import os
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
 
+from bench.cpu import process_cpu_s
 from stack import process
 from stack.config import StackSettings
 from stack.services import all_services
 from stack.services.prometheus import NAME, ObservabilitySettings, PrometheusService, url
 
 log = logging.getLogger("bench.observability")
-
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), in seconds; 0 once it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / _TICK
-
 
 def _stack_pids(settings: StackSettings) -> dict[str, int]:
     pids = {}
@@ -55,11 +42,11 @@ def _stack_pids(settings: StackSettings) -> dict[str, int]:
 def _round(settings: StackSettings, seconds: float) -> tuple[float, dict[str, float]]:
     """Cores the whole stack used over `seconds`, and each process's share."""
     pids = _stack_pids(settings)
-    before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
+    before = {name: process_cpu_s(pid) for name, pid in pids.items()}
     started = time.monotonic()
     time.sleep(seconds)
     elapsed = time.monotonic() - started
-    used = {name: (_cpu_seconds(pid) - before[name]) / elapsed for name, pid in pids.items()}
+    used = {name: (process_cpu_s(pid) - before[name]) / elapsed for name, pid in pids.items()}
     return sum(used.values()), used
 
 

@@ -25,6 +25,7 @@ from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, S
 from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 from cassandra.query import tuple_factory
 
+from bench.cpu import process_cpu_s
 from bench.fleet_reads import closed_loop
 from gateway import endpoints
 from harness.query_api import (
@@ -166,12 +167,6 @@ def _driver_load(
     return _figures(latencies, elapsed)
 
 
-def _process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process: the cost per request, whatever else runs."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _seed(session: Session, now_ms: int) -> tuple[str, int, int]:
     """A fresh device of tenant-a with 60 one-minute windows x 4 metrics in the last hour."""
     device = f"bench-{uuid.uuid4().hex[:10]}"
@@ -204,10 +199,10 @@ def _api_load(
     with running_api(log_file, env) as running:
         host, port = running.base.removeprefix("http://").split(":")
         asyncio.run(_http_load(host, int(port), path, token, load.warmup, load.concurrency))
-        cpu_before = _process_cpu_s(running.pid)
+        cpu_before = process_cpu_s(running.pid)
         figures = asyncio.run(_http_load(host, int(port), path, token, load.requests, load.concurrency))
         figures["server_cpu_ms_per_request"] = round(
-            (_process_cpu_s(running.pid) - cpu_before) * 1000 / load.requests, 3
+            (process_cpu_s(running.pid) - cpu_before) * 1000 / load.requests, 3
         )
         if paced_rps:
             figures["paced"] = asyncio.run(
@@ -235,10 +230,10 @@ def run(requests: int = REQUESTS, concurrency: int = CONCURRENCY, warmup: int = 
             migrate(session, StorageSettings())
             device, start_ms, end_ms = _seed(session, int(time.time() * 1000))
             _driver_load(session, device, start_ms, end_ms, warmup, concurrency)
-            cpu_before = _process_cpu_s(os.getpid())
+            cpu_before = process_cpu_s(os.getpid())
             raw = _driver_load(session, device, start_ms, end_ms, requests, concurrency)
             raw["client_cpu_ms_per_read"] = round(
-                (_process_cpu_s(os.getpid()) - cpu_before) * 1000 / requests, 3
+                (process_cpu_s(os.getpid()) - cpu_before) * 1000 / requests, 3
             )
         finally:
             cluster.shutdown()
