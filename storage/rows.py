@@ -87,6 +87,24 @@ CQL: dict[str, str] = {
 }
 
 
+# Rows in one request at most: Cassandra warns of batches above 5 KiB (rows are ~100-200 bytes).
+GROUP_ROWS = 16
+
+
+def groups(rows: list[Row], most: int = GROUP_ROWS) -> list[tuple[Row, ...]]:
+    """The rows as requests of one partition each, in the order first seen, at most `most` rows
+    each: a key's all-time rows together (partition: device_id), a key's window rows of one window
+    together (partition: device_id and bucket; written or refused as one, storage/writer.py)."""
+    grouped: dict[tuple[Any, ...], list[Row]] = {}
+    for row in rows:
+        if row.table == "agg_all":
+            slot: tuple[Any, ...] = (row.table, row.values[0])
+        else:
+            slot = (row.table, row.values[0], row.values[1], row.values[2])
+        grouped.setdefault(slot, []).append(row)
+    return [tuple(group[i : i + most]) for group in grouped.values() for i in range(0, len(group), most)]
+
+
 def dedupe(rows: list[Row]) -> list[Row]:
     """One row per key: the last all-time update (Kafka keeps a key's updates in order), the first
     window row (as IF NOT EXISTS would)."""

@@ -4,7 +4,7 @@ from datetime import UTC, datetime
 import pytest
 
 from gateway import topics
-from storage.rows import Row, bucket_month, bucket_year, dedupe, to_row
+from storage.rows import Row, bucket_month, bucket_year, dedupe, groups, to_row
 
 
 def _window(**overrides: object) -> bytes:
@@ -56,3 +56,31 @@ def test_dedupe_keeps_last_all_time_and_first_window() -> None:
     ]
     kept = dedupe(rows)
     assert [r.values for r in kept] == [("first",), (2,)]
+
+
+def test_groups_are_one_partition_each_and_keep_the_order() -> None:
+    minute = [to_row(topics.KAFKA_AGG_1M, _window(deviceId=d, metric=m)) for d in ("d1", "d2") for m in "abc"]
+    later = to_row(topics.KAFKA_AGG_1M, _window(deviceId="d1", metric="a", windowStart=1764000060000,
+                                                 windowEnd=1764000120000))
+    hour = to_row(topics.KAFKA_AGG_1H, _window(deviceId="d1", metric="a", windowEnd=1764003600000))
+    all_time = [
+        to_row(topics.KAFKA_AGG_ALL, json.dumps({
+            "deviceId": "d1", "metric": m, "count": 1, "sum": 1.0, "min": 1.0, "max": 1.0,
+            "firstTs": 1764000000000, "lastTs": 1764000000000, "late": 0}).encode())
+        for m in "ab"
+    ]
+    rows = [minute[0], all_time[0], later, *minute[1:], hour, all_time[1]]
+    grouped = groups(rows)
+    assert grouped == [
+        (minute[0], minute[1], minute[2]),  # d1's three metrics of one window
+        (all_time[0], all_time[1]),  # d1's all-time rows
+        (later,),  # d1's next window: a request of its own
+        (minute[3], minute[4], minute[5]),  # d2
+        (hour,),  # the same device and start in the hourly table
+    ]
+    assert sorted(map(id, rows)) == sorted(id(row) for group in grouped for row in group)
+
+
+def test_groups_are_bounded() -> None:
+    rows = [to_row(topics.KAFKA_AGG_1M, _window(metric=f"m{i:02d}")) for i in range(40)]
+    assert [len(group) for group in groups(rows, most=16)] == [16, 16, 8]
