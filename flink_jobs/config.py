@@ -40,8 +40,12 @@ class FlinkJobSettings(StackDirSettings, KafkaConnection):
     checkpoint_dir: Path = Field(default_factory=_default_checkpoint_dir)
     # The Kafka SQL connector jar shipped with the job; the stack runner fills it in.
     connector_jar: Path | None = None
-    # Batches updates of the all-time rollup, so Kafka sees one upsert per key per interval.
-    rollup_flush_ms: int = 1000
+    # Batches updates of the all-time rollup, so Kafka, the writer and Cassandra see one upsert per
+    # key per interval, however many readings updated it: for 1,000 devices of 3 metrics, 600
+    # rows/s, where a 1 s interval made 3,000 and cost the writer and Cassandra 0.73 of this
+    # machine's 2 cores (bench capacity, docs/benchmarks.md). An all-time row lags its readings by
+    # up to this much more.
+    rollup_flush_ms: int = 5000
 
     # A reading delivered again (same deviceId, ts, seq, metrics) within this many seconds of its
     # first copy counts once. The bridge redelivers within seconds of a crash; an hour also
