@@ -21,8 +21,8 @@ from stack import orchestrator
 from stack.config import StackSettings
 
 BENCHES = [
-    "stack", "mqtt_edge", "bridge", "flink", "query_api", "fleet_reads", "observability", "console",
-    "capacity",
+    "stack", "mqtt_edge", "bridge", "flink", "dedup_options", "query_api", "fleet_reads", "observability",
+    "console", "capacity",
 ]
 
 

@@ -226,9 +226,12 @@ def _raw_main(argv: list[str]) -> int:
 # --- the benchmark -----------------------------------------------------------------------------
 
 
-def _driver_python(name: str, stack_dir: Path) -> tuple[Path | None, str | None]:
+def _driver_python(
+    name: str, stack_dir: Path, packages: tuple[str, ...] = ()
+) -> tuple[Path | None, str | None]:
     """The interpreter that runs `name`: the project's for cassandra-driver, a throwaway
-    virtualenv (made once, under the stack directory) for the others."""
+    virtualenv (made once, under the stack directory) with `packages` (default: `name`) for the
+    others."""
     if name == "cassandra-driver":
         return Path(sys.executable), None
     venv = stack_dir / "bench-drivers" / name
@@ -239,7 +242,7 @@ def _driver_python(name: str, stack_dir: Path) -> tuple[Path | None, str | None]
         )
         if made.returncode == 0:
             made = subprocess.run(
-                [str(python), "-m", "pip", "install", "-q", name],
+                [str(python), "-m", "pip", "install", "-q", *(packages or (name,))],
                 capture_output=True,
                 text=True,
                 check=False,
@@ -319,6 +322,54 @@ def _raw_driver(name: str, stack_dir: Path, port: int, base_ms: int, requests: i
     rates = [r["rps"] for r in runs.values() if "rps" in r and r.get("rows_per_read") == 60 * len(METRICS)]
     runs["best_rps"] = max(rates) if rates else None
     return runs
+
+
+# The thin server's own virtualenv: the fastest driver and the fastest HTTP stack uvicorn has.
+THIN_API_PACKAGES = ("acsylla", "uvicorn[standard]", "orjson")
+THIN_API_PORT = 18_093
+
+
+def _thin_api(stack_dir: Path, port: int, base_ms: int, requests: int, concurrency: int) -> dict[str, Any]:
+    """The same distinct-URL load on bench/thin_api.py (the read and its JSON, nothing else):
+    the most any Python API on one worker serves of this read here, beside the raw driver."""
+    from bench.cpu import process_cpu_s
+    from stack.process import listening
+
+    python, problem = _driver_python("thin-api", stack_dir, THIN_API_PACKAGES)
+    if python is None:
+        return {"error": problem}
+    server = subprocess.Popen(
+        [str(python), str(Path(__file__).with_name("thin_api.py")), "--port", str(THIN_API_PORT),
+         "--cassandra-port", str(port), "--cql", CQL],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not listening(THIN_API_PORT):
+            if server.poll() is not None or time.monotonic() > deadline:
+                said = server.stderr.read()[-500:] if server.stderr else b""
+                return {"error": f"the thin server did not listen: {said!r}"}
+            time.sleep(0.2)
+        figures: dict[str, Any] = {}
+        # Reads none of the API's runs make (their own shifts), warm-up first.
+        asyncio.run(
+            _distinct_load("127.0.0.1", THIN_API_PORT, "-", base_ms, 58 * DEVICES, 1_000, concurrency)
+        )
+        for connections, first in ((concurrency, 20 * DEVICES), (4 * concurrency, 10 * DEVICES)):
+            cpu = process_cpu_s(server.pid)
+            run = asyncio.run(
+                _distinct_load("127.0.0.1", THIN_API_PORT, "-", base_ms, first, requests, connections)
+            )
+            run["server_cpu_ms_per_request"] = round((process_cpu_s(server.pid) - cpu) * 1000 / requests, 3)
+            figures[f"connections_{connections}"] = run
+        figures["best_rps"] = max(r["rps"] for r in figures.values())
+        return figures
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
 
 
 def _seed(session: Any, now_ms: int) -> dict[str, Any]:
@@ -669,6 +720,11 @@ def run(concurrency: int = 16, paced_rps: float = 500, paced_seconds: int = 20) 
             figures["raw_drivers"] = raw
             best = max((r["best_rps"] or 0 for r in raw.values() if "best_rps" in r), default=0)
             figures["raw_best_rps"] = best
+            figures["thin_api_acsylla"] = _thin_api(
+                settings.stack_dir, stack.cassandra_port, base_ms, min(requests, 10_000), concurrency
+            )
+            thin = figures["thin_api_acsylla"].get("best_rps")
+            figures["thin_api_vs_raw_best"] = round(thin / best, 3) if thin and best else None
             if not knobs["short"]:
                 _the_rest(figures, api, token, base_ms, requests, concurrency, paced_rps, paced_seconds)
                 figures["api_one_worker_cached_same_url"] = asyncio.run(
