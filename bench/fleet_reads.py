@@ -333,6 +333,7 @@ def _thin_api(stack_dir: Path, port: int, base_ms: int, requests: int, concurren
     """The same distinct-URL load on bench/thin_api.py (the read and its JSON, nothing else):
     the most any Python API on one worker serves of this read here, beside the raw driver."""
     from bench.cpu import process_cpu_s
+    from harness.query_api import stop_child
     from stack.process import listening
 
     python, problem = _driver_python("thin-api", stack_dir, THIN_API_PACKAGES)
@@ -365,11 +366,7 @@ def _thin_api(stack_dir: Path, port: int, base_ms: int, requests: int, concurren
         figures["best_rps"] = max(r["rps"] for r in figures.values())
         return figures
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_child(server, 10)
 
 
 def _seed(session: Any, now_ms: int) -> dict[str, Any]:

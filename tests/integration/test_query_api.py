@@ -19,8 +19,7 @@ import httpx
 import jwt
 import pytest
 import schemathesis
-from cassandra import ProtocolVersion
-from cassandra.cluster import Cluster, Session
+from cassandra.cluster import Session
 from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
@@ -40,8 +39,7 @@ from harness.query_api import (
     token_response,
 )
 from stack.config import StackSettings
-from storage.config import StorageSettings
-from storage.migrate import migrate
+from tests.integration.cassandra_harness import migrated_cql
 
 pytestmark = pytest.mark.integration
 
@@ -50,14 +48,8 @@ Services = Callable[..., AbstractContextManager[StackSettings]]
 
 @pytest.fixture(scope="module")
 def cql(services: Services) -> Iterator[Session]:
-    with services({"cassandra", "keycloak"}) as stack:
-        cluster = Cluster([endpoints.HOST], port=stack.cassandra_port, protocol_version=ProtocolVersion.V5)
-        try:
-            session = cluster.connect()
-            migrate(session, StorageSettings())
-            yield session
-        finally:
-            cluster.shutdown()
+    with migrated_cql(services, {"keycloak"}) as session:
+        yield session
 
 
 @pytest.fixture(scope="module")

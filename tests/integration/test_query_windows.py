@@ -18,15 +18,12 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
-from cassandra import ProtocolVersion
-from cassandra.cluster import Cluster, Session
+from cassandra.cluster import Session
 from cassandra.concurrent import execute_concurrent_with_args
 
-from gateway import endpoints
 from harness.query_api import ms, password_token, register, running_api
 from stack.config import StackSettings
-from storage.config import StorageSettings
-from storage.migrate import migrate
+from tests.integration.cassandra_harness import migrated_cql
 
 pytestmark = pytest.mark.integration
 
@@ -41,14 +38,8 @@ Cells = dict[tuple[int, str], tuple[int, float, float, float]]
 
 @pytest.fixture(scope="module")
 def cql(services: Services) -> Iterator[Session]:
-    with services({"cassandra", "keycloak"}) as stack:
-        cluster = Cluster([endpoints.HOST], port=stack.cassandra_port, protocol_version=ProtocolVersion.V5)
-        try:
-            session = cluster.connect()
-            migrate(session, StorageSettings())
-            yield session
-        finally:
-            cluster.shutdown()
+    with migrated_cql(services, {"keycloak"}) as session:
+        yield session
 
 
 @pytest.fixture(scope="module")

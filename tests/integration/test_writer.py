@@ -6,37 +6,27 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
 
 import pytest
-from cassandra import ProtocolVersion
-from cassandra.cluster import Cluster, Session
+from cassandra.cluster import Session
 from prometheus_client import REGISTRY
 
-from gateway import endpoints, topics
-from stack.config import StackSettings
+from gateway import topics
 from storage.config import StorageSettings
-from storage.migrate import migrate
 from storage.rows import Row, to_row
 from storage.writer import AggregatesWriter
+from tests.integration.cassandra_harness import Services, migrated_cql
 
 pytestmark = pytest.mark.integration
 
-Services = Callable[..., AbstractContextManager[StackSettings]]
 START = 1_764_000_000_000
 
 
 @pytest.fixture(scope="module")
 def cql(services: Services) -> Iterator[Session]:
-    with services({"cassandra"}) as stack:
-        cluster = Cluster([endpoints.HOST], port=stack.cassandra_port, protocol_version=ProtocolVersion.V5)
-        try:
-            session = cluster.connect()
-            migrate(session, StorageSettings())
-            yield session
-        finally:
-            cluster.shutdown()
+    with migrated_cql(services, set()) as session:
+        yield session
 
 
 @pytest.fixture(scope="module")
